@@ -1,0 +1,261 @@
+"""``GFLV2Detector``: backbone → FPN → GFL head, with its loss, inference and presets."""
+
+import numpy as np
+import keras
+from keras import ops
+
+from gflv2_keras.data.preprocess import DEFAULT_SCALE, preprocess_images
+from gflv2_keras.models.backbones import build_backbone
+from gflv2_keras.models.fpn import FPN
+from gflv2_keras.models.gfl_head import GFLHead
+from gflv2_keras.ops.boxes import STRIDES, anchor_points, level_sizes
+from gflv2_keras.ops.postprocess import postprocess
+
+DEFAULT_TEST_CONFIG = {"nms_pre": 1000, "score_threshold": 0.05, "iou_threshold": 0.6, "max_detections": 100}
+DEFAULT_TRAIN_CONFIG = {"topk": 9, "loss_weights": [1.0, 0.25, 2.0]}
+
+
+@keras.saving.register_keras_serializable(package="gflv2_keras")
+class GFLV2Detector(keras.Model):
+    """The GFLv2 (or GFLv1) dense detector of Li et al., CVPR 2021, with official numerics.
+
+    Args:
+        backbone: backbone config ``{"type": "resnet" | "resnext" | "res2net", ...}`` (see
+            ``models.backbones``), e.g. ``{"type": "resnet", "depth": 50}``.
+        num_classes: number of object classes (80 for COCO).
+        fpn_channels: channels of every pyramid level (256).
+        head: extra ``GFLHead`` arguments (``use_dgqp=False`` gives GFLv1).
+        input_scale: keep-ratio resize target ``(long_max, short_max)`` of ``predict``.
+        test_config: ``nms_pre``, ``score_threshold``, ``iou_threshold``, ``max_detections``.
+        train_config: ``topk`` (ATSS) and ``loss_weights`` (QFL, DFL, GIoU).
+        class_names: optional list of ``num_classes`` names.
+
+    Calling conventions:
+        * ``detector(images)``: ``images`` float32 ``[B, H, W, 3]`` normalised RGB, zero padded
+          (``H``, ``W`` multiples of 32 for exact FPN sizes). Returns raw outputs
+          ``{"scores": [B, N, C'] joint probabilities, "box_logits": [B, N, 4 * (reg_max + 1)]}``
+          with ``C' = num_classes + 1`` (GFLv2, official extra column) or ``num_classes``
+          (GFLv1); points ordered P3..P7, row-major inside a level; box-logit channels
+          side-major (left, top, right, bottom) x bins, already multiplied by the level scale.
+        * ``detector.predict(images)``: ``images`` uint8 RGB ``[B, H, W, 3]`` of one size, any
+          size. Returns ``{"boxes": [B, 100, 4] xyxy original pixels, "confidence": [B, 100],
+          "classes": [B, 100] (0-based), "num_detections": [B]}``, padded with -1.
+        * ``detector.detect(image)``: one uint8 ``[H, W, 3]`` image → NumPy dict without padding.
+        * ``fit(images, {"boxes": [B, M, 4] xyxy network-input pixels, "classes": [B, M] (-1 pad),
+          optional "image_shape": [B, 2] per-image padded (h, w)})`` trains with ATSS + QFL/DFL/GIoU.
+
+    Example:
+        >>> detector = GFLV2Detector({"type": "resnet", "depth": 18, "base_channels": 16},
+        ...                          num_classes=3, fpn_channels=32, head={"feat_channels": 32,
+        ...                          "stacked_convs": 1, "norm_groups": 8})
+        >>> outputs = detector(keras.ops.zeros((1, 64, 64, 3)))
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes=80,
+        fpn_channels=256,
+        head=None,
+        input_scale=DEFAULT_SCALE,
+        test_config=None,
+        train_config=None,
+        class_names=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        self.backbone_config = dict(backbone)
+        self.num_classes = int(num_classes)
+        self.fpn_channels = int(fpn_channels)
+        self.head_config = dict(head or {})
+        self.input_scale = tuple(int(v) for v in input_scale)
+        self.test_config = {**DEFAULT_TEST_CONFIG, **(test_config or {})}
+        self.train_config = {**DEFAULT_TRAIN_CONFIG, **(train_config or {})}
+        self.class_names = list(class_names) if class_names is not None else None
+
+        self.backbone = build_backbone(self.backbone_config)
+        self.neck = FPN(self.fpn_channels, num_inputs=3, name="neck")
+        self.head = GFLHead(num_classes=self.num_classes, **self.head_config, name="bbox_head")
+        self.reg_max = self.head.reg_max
+        self.strides = STRIDES
+        self._loss_trackers = {}
+        self._detect_fn = None
+
+    # ------------------------------------------------------------------ forward
+    def call(self, images, training=None):
+        features = self.backbone(images, training=training)
+        pyramid = self.neck(features)
+        scores, box_logits = self.head(pyramid)
+        return {"scores": scores, "box_logits": box_logits}
+
+    def points_for(self, height, width):
+        """Feature sizes and anchor points for a padded ``height x width`` input.
+
+        Returns ``(sizes, points [N, 2], point_strides [N])`` (see ``ops.boxes``).
+        """
+        sizes = level_sizes(height, width, self.strides)
+        points, point_strides = anchor_points(sizes, self.strides)
+        return sizes, points, point_strides
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """ATSS targets + QFL/DFL/GIoU (the official sum). Logs ``qfl``, ``dfl``, ``giou``.
+
+        Args:
+            x: the normalised, padded input batch ``[B, H, W, 3]``.
+            y: ``{"boxes": [B, M, 4] xyxy input pixels, "classes": [B, M] int (-1 = padding),
+                "image_shape": optional [B, 2] per-image padded (h, w)}``.
+            y_pred: the output of ``call``.
+        """
+        from gflv2_keras.ops.gfl_loss import gfl_loss, valid_point_mask
+
+        del sample_weight, training
+        if y_pred is None:
+            y_pred = self(x, training=True)
+        height, width = _static_hw(x)
+        sizes, points, point_strides = self.points_for(height, width)
+        gt_classes = ops.cast(y["classes"], "int32")
+        batch = ops.shape(gt_classes)[0]
+        image_shapes = y.get("image_shape") if isinstance(y, dict) else None
+        if image_shapes is None:
+            image_shapes = ops.tile(ops.convert_to_tensor([[height, width]], "int32"), [batch, 1])
+        valid = valid_point_mask(sizes, self.strides, image_shapes)
+        losses = gfl_loss(
+            ops.cast(y_pred["scores"], "float32"),
+            ops.cast(y_pred["box_logits"], "float32"),
+            points,
+            point_strides,
+            [h * w for h, w in sizes],
+            ops.cast(y["boxes"], "float32"),
+            gt_classes,
+            valid,
+            num_classes=self.num_classes,
+            reg_max=self.reg_max,
+            loss_weights=tuple(self.train_config["loss_weights"]),
+            topk=int(self.train_config["topk"]),
+        )
+        for name, value in losses.items():
+            if name not in self._loss_trackers:
+                self._loss_trackers[name] = keras.metrics.Mean(name=name)
+            self._loss_trackers[name].update_state(value)
+        total = losses["qfl"] + losses["dfl"] + losses["giou"]
+        regularization = self.losses
+        if regularization:
+            total = total + ops.sum(ops.stack(regularization))
+        return total
+
+    @property
+    def metrics(self):
+        return super().metrics + list(self._loss_trackers.values())
+
+    # ------------------------------------------------------------------ inference
+    def predict_step(self, data):
+        """uint8 RGB ``[B, H, W, 3]`` (one size) → padded detections in original pixels."""
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        return self.detect_batch(images)
+
+    def detect_batch(self, images):
+        """Preprocess, run and post-process a batch of equally sized uint8 images (graph-safe)."""
+        inputs, image_info = preprocess_images(images, self.input_scale)
+        outputs = self(inputs, training=False)
+        height, width = _static_hw(inputs)
+        sizes, points, point_strides = self.points_for(height, width)
+        return postprocess(
+            outputs["scores"],
+            outputs["box_logits"],
+            points,
+            point_strides,
+            sizes,
+            image_info,
+            num_classes=self.num_classes,
+            reg_max=self.reg_max,
+            **self.test_config,
+        )
+
+    def detect(self, image):
+        """Detect objects in one image.
+
+        Args:
+            image: uint8 RGB ``[H, W, 3]`` NumPy array (any size).
+
+        Returns:
+            ``{"boxes": [K, 4] xyxy original pixels, "confidence": [K], "classes": [K] int}`` NumPy.
+        """
+        image = validate_image(image)
+        if self._detect_fn is None:
+            import tensorflow as tf
+
+            self._detect_fn = tf.function(
+                self.detect_batch,
+                input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
+                reduce_retracing=True,
+            )
+        out = {k: np.asarray(v) for k, v in self._detect_fn(image[None]).items()}
+        count = int(out["num_detections"][0])
+        return {
+            "boxes": out["boxes"][0, :count],
+            "confidence": out["confidence"][0, :count],
+            "classes": out["classes"][0, :count].astype(np.int64),
+        }
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **overrides):
+        """Build a detector from a preset name (``list_presets()``) or a preset folder."""
+        from gflv2_keras.presets import load_preset
+
+        return load_preset(cls, preset, load_weights=load_weights, **overrides)
+
+    def save_to_preset(self, directory, metadata=None):
+        """Write ``config.json``, ``model.weights.h5`` and ``metadata.json`` to ``directory``."""
+        from gflv2_keras.presets import save_preset
+
+        save_preset(self, directory, metadata=metadata)
+
+    def build_for_inference(self, size=(64, 64)):
+        """Create all weights by running one small forward pass; returns ``self``."""
+        self(ops.zeros((1, size[0], size[1], 3)), training=False)
+        return self
+
+    def count_params_official(self):
+        """Parameters as the official count: weights, biases, norm affines (not BN running stats)."""
+        return int(
+            sum(
+                np.prod(w.shape)
+                for w in self.weights
+                if not (w.path.endswith("moving_mean") or w.path.endswith("moving_variance"))
+            )
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "backbone": self.backbone_config,
+            "num_classes": self.num_classes,
+            "fpn_channels": self.fpn_channels,
+            "head": self.head_config,
+            "input_scale": list(self.input_scale),
+            "test_config": self.test_config,
+            "train_config": self.train_config,
+            "class_names": self.class_names,
+        }
+
+
+def _static_hw(images):
+    """``(H, W)`` of an NHWC batch: python ints when static, else scalar tensors."""
+    shape = ops.shape(images)
+    return shape[1], shape[2]
+
+
+def validate_image(image, name="image"):
+    """Check one image is uint8 RGB ``[H, W, 3]``; raise a ``ValueError`` naming it otherwise."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{name}: expected an RGB image of shape [H, W, 3], got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{name}: expected uint8 pixels, got {image.dtype}")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"{name}: empty image of shape {image.shape}")
+    return image
