@@ -137,7 +137,7 @@ class GFLHead(keras.layers.Layer):
         probs = ops.softmax(ops.reshape(box_logits, (shape[0], shape[1], shape[2], 4, self.reg_max + 1)), axis=-1)
         top, _ = ops.top_k(probs, self.reg_topk, sorted=True)
         stats = ops.concatenate([top, ops.mean(top, axis=-1, keepdims=True)], axis=-1) if self.add_mean else top
-        stats = ops.reshape(stats, (shape[0], shape[1], shape[2], -1))
+        stats = ops.reshape(stats, (shape[0], shape[1], shape[2], 4 * (self.reg_topk + int(self.add_mean))))
         hidden = ops.relu(self.reg_conf[0](stats))
         return ops.sigmoid(self.reg_conf[1](hidden))
 

@@ -1,0 +1,1 @@
+"""Inference helpers for files: reading images, drawing detections, the ``predict`` command."""

@@ -1,0 +1,82 @@
+"""``gflv2 predict IMAGE_OR_FOLDER... --preset NAME|DIR --output DIR``."""
+
+import json
+import sys
+from pathlib import Path
+
+from gflv2_keras.inference.images import ImageReadError, collect_image_paths, read_image
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("predict", help="detect objects in images; writes drawn pictures and JSON")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--preset", required=True, help="preset name (see `gflv2 presets`) or preset folder")
+    parser.add_argument("--output", default="predictions", help="output folder (default: ./predictions)")
+    parser.add_argument("--draw-threshold", type=float, default=0.3, help="smallest score drawn (default 0.3)")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    paths, problems = collect_image_paths(args.inputs)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not paths:
+        print("error: no images to process", file=sys.stderr)
+        return 2
+
+    from gflv2_keras import GFLV2Detector
+    from gflv2_keras.inference.draw import draw_detections
+
+    try:
+        detector = GFLV2Detector.from_preset(args.preset, load_weights=not args.random_weights)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    names = detector.class_names
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    failures = len(problems)
+    used_stems = set()
+    for index, path in enumerate(paths, 1):
+        try:
+            loaded = read_image(path)
+        except ImageReadError as error:
+            print(f"[{index}/{len(paths)}] skipped {error}", file=sys.stderr)
+            failures += 1
+            continue
+        for note in loaded.notes:
+            print(f"[{index}/{len(paths)}] note: {path}: {note}")
+        detections = detector.detect(loaded.pixels)
+        stem = _unique_stem(Path(path).stem, used_stems)
+        draw_detections(loaded.pixels, detections, names, args.draw_threshold).save(output / f"{stem}.jpg", quality=92)
+        record = {
+            "file": str(path),
+            "height": int(loaded.pixels.shape[0]),
+            "width": int(loaded.pixels.shape[1]),
+            "box_format": "xyxy, original image pixels",
+            "detections": [
+                {
+                    "box": [round(float(v), 2) for v in box],
+                    "score": round(float(score), 5),
+                    "class_id": int(cls),
+                    "class_name": names[int(cls)] if names else None,
+                }
+                for box, score, cls in zip(detections["boxes"], detections["confidence"], detections["classes"])
+            ],
+        }
+        (output / f"{stem}.json").write_text(json.dumps(record, indent=1))
+        print(f"[{index}/{len(paths)}] {path}: {len(detections['boxes'])} detections -> {output / stem}.jpg/.json")
+    print(f"done: {len(paths) - (failures - len(problems))} of {len(paths)} images processed, {failures} problem(s)")
+    return 1 if failures else 0
+
+
+def _unique_stem(stem, used):
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}_{n}"
+    used.add(candidate)
+    return candidate

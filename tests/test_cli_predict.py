@@ -1,0 +1,76 @@
+"""``gflv2 predict`` on generated images, including bad files."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gflv2_keras.cli import main
+from gflv2_keras.inference.images import ImageReadError, read_image
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(root / "rgb.png")
+    Image.fromarray(rng.integers(0, 255, (50, 40), dtype=np.uint8), "L").save(root / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (40, 60, 4), dtype=np.uint8), "RGBA").save(root / "rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (30, 30), dtype=np.uint16)).save(root / "deep16.png")
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg" + bytes(range(200)))
+    (root / "empty_dir").mkdir()
+    return root
+
+
+def test_read_image_conversions(images):
+    assert read_image(images / "rgb.png").pixels.shape == (70, 90, 3)
+    gray = read_image(images / "gray.png")
+    assert gray.pixels.shape == (50, 40, 3) and any("grayscale" in n for n in gray.notes)
+    rgba = read_image(images / "rgba.png")
+    assert rgba.pixels.shape == (40, 60, 3) and any("alpha" in n for n in rgba.notes)
+    deep = read_image(images / "deep16.png")
+    assert deep.pixels.dtype == np.uint8 and deep.pixels.max() > 200  # scaled, not clipped to 255 everywhere
+    assert any("8-bit" in n for n in deep.notes)
+    with pytest.raises(ImageReadError, match="corrupt.jpg: not a readable image"):
+        read_image(images / "corrupt.jpg")
+    with pytest.raises(ImageReadError, match="missing.png: file not found"):
+        read_image(images / "missing.png")
+
+
+def test_predict_cli_processes_good_files_and_names_bad_ones(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["predict", str(images), str(images / "missing.png"), str(images / "empty_dir"),
+                 "--preset", "gflv2_test_r18_nano", "--random-weights", "--output", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    for name in ("corrupt.jpg", "missing.png", "empty_dir"):
+        assert name in captured.err
+    for stem in ("rgb", "gray", "rgba", "deep16"):
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["box_format"].startswith("xyxy")
+        assert (out / f"{stem}.jpg").is_file()
+    assert json.loads((out / "rgb.json").read_text())["width"] == 90
+    assert not (out / "corrupt.json").exists()
+
+
+def test_predict_cli_writes_detections_in_original_pixels(tmp_path, capsys):
+    from gflv2_keras import GFLV2Detector
+
+    detector = GFLV2Detector.from_preset("gflv2_test_r18_nano", load_weights=False,
+                                         test_config={"score_threshold": 0.0, "max_detections": 5})
+    detector.save_to_preset(tmp_path / "preset")
+    Image.fromarray(np.full((120, 200, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    code = main(["predict", str(tmp_path / "a.png"), "--preset", str(tmp_path / "preset"), "--output", str(tmp_path / "o")])
+    assert code == 0
+    dets = json.loads((tmp_path / "o" / "a.json").read_text())["detections"]
+    # top 5 after NMS, minus any of the redundant background column (dropped last, as bbox2result does)
+    assert 1 <= len(dets) <= 5 and all(0 <= d["class_id"] < 3 for d in dets)
+    boxes = np.array([d["box"] for d in dets])
+    assert boxes[:, [0, 2]].max() <= 200.01 and boxes[:, [1, 3]].max() <= 120.01
+
+
+def test_predict_cli_without_images_fails_clearly(tmp_path, capsys):
+    (tmp_path / "nothing").mkdir()
+    assert main(["predict", str(tmp_path / "nothing"), "--preset", "gflv2_test_r18_nano"]) == 2
+    assert "folder has no images" in capsys.readouterr().err
