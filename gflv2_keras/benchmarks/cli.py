@@ -1,0 +1,38 @@
+"""``gflv2 benchmark``: inference speed table (and the DCN layer table when available)."""
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("benchmark", help="time inference like the official tools/benchmark.py")
+    parser.add_argument("--preset", default="gflv2_r50_fpn_1x_coco")
+    parser.add_argument("--size", type=int, nargs=2, default=(800, 1216), metavar=("H", "W"),
+                        help="input size, padded up to /32 (default 800 1216)")
+    parser.add_argument("--modes", default="eager,function,xla", help="comma list of eager,function,xla")
+    parser.add_argument("--precisions", default="float32,bfloat16", help="comma list of float32,bfloat16")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations (official: 5)")
+    parser.add_argument("--iterations", type=int, default=10, help="timed iterations; the median is reported")
+    parser.add_argument("--dcn", action="store_true", help="also time one DCN layer at a ResNet c4 shape")
+    parser.add_argument("--skip-detector", action="store_true", help="only the DCN table")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    from gflv2_keras.benchmarks.inference_benchmark import format_table, run_inference_benchmark
+
+    if not args.skip_detector:
+        rows, context = run_inference_benchmark(
+            preset=args.preset,
+            height=args.size[0],
+            width=args.size[1],
+            modes=[m for m in args.modes.split(",") if m],
+            precisions=[p for p in args.precisions.split(",") if p],
+            warmup=args.warmup,
+            iterations=args.iterations,
+        )
+        print()
+        print(format_table(rows, context))
+    if args.dcn or args.skip_detector:
+        from gflv2_keras.benchmarks import dcn_benchmark
+
+        print()
+        print(dcn_benchmark.format_table(dcn_benchmark.run_dcn_benchmark()))
+    return 0
