@@ -1,0 +1,78 @@
+"""The official learning-rate policy: mmcv linear warm-up, then step decay by epoch (spec §1.7)."""
+
+import keras
+from keras import ops
+
+# The official recipe: lr 0.01 for 16 images per iteration (8 GPUs x 2).
+REFERENCE_BATCH_SIZE = 16
+
+
+def scale_learning_rate(base_lr_per_16, global_batch_size):
+    """Linear scaling rule: ``base_lr_per_16 * global_batch_size / 16``."""
+    if global_batch_size < 1:
+        raise ValueError(f"scale_learning_rate: global_batch_size must be >= 1, got {global_batch_size}")
+    return float(base_lr_per_16) * global_batch_size / REFERENCE_BATCH_SIZE
+
+
+@keras.saving.register_keras_serializable(package="gflv2_keras")
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """mmcv ``StepLrUpdaterHook`` with ``warmup='linear'``, on the optimiser's iteration count.
+
+    For iteration ``t`` (0-based, the value of ``optimizer.iterations`` when the step runs)::
+
+        regular(t) = base_lr * gamma ** (number of milestones m with t >= m)
+        lr(t) = regular(t) * (1 - (1 - t / warmup_iters) * (1 - warmup_ratio))   if t < warmup_iters
+              = regular(t)                                                        otherwise
+
+    so ``lr(0) = base_lr * warmup_ratio`` and the warm-up reaches ``base_lr`` at
+    ``warmup_iters``. mmdet steps by epoch (``by_epoch=True``): an epoch milestone ``e`` is the
+    iteration ``e * steps_per_epoch`` (``from_epochs``).
+
+    Args:
+        base_lr: learning rate after warm-up, before decay (already scaled to the batch size).
+        milestones: increasing iteration indices where the lr is multiplied by ``gamma``.
+        gamma: decay factor (0.1).
+        warmup_iters: length of the linear warm-up in iterations (500); 0 disables it.
+        warmup_ratio: starting fraction of the warm-up (0.001).
+    """
+
+    def __init__(self, base_lr, milestones, gamma=0.1, warmup_iters=500, warmup_ratio=0.001):
+        milestones = [int(m) for m in milestones]
+        if any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(f"WarmupStepDecay: milestones must be strictly increasing, got {milestones}")
+        if warmup_iters < 0 or not 0.0 < warmup_ratio <= 1.0:
+            raise ValueError(
+                f"WarmupStepDecay: need warmup_iters >= 0 and 0 < warmup_ratio <= 1, "
+                f"got {warmup_iters} and {warmup_ratio}"
+            )
+        self.base_lr = float(base_lr)
+        self.milestones = milestones
+        self.gamma = float(gamma)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_ratio = float(warmup_ratio)
+
+    @classmethod
+    def from_epochs(cls, base_lr, steps_per_epoch, milestone_epochs, **kwargs):
+        """The schedule of an epoch-based recipe (e.g. ``milestone_epochs=[8, 11]`` for 1x)."""
+        if steps_per_epoch < 1:
+            raise ValueError(f"WarmupStepDecay.from_epochs: steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        return cls(base_lr, [int(e) * int(steps_per_epoch) for e in milestone_epochs], **kwargs)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        lr = ops.convert_to_tensor(self.base_lr, "float32")
+        for milestone in self.milestones:
+            lr = ops.where(step >= milestone, lr * self.gamma, lr)
+        if self.warmup_iters > 0:
+            k = (1.0 - step / self.warmup_iters) * (1.0 - self.warmup_ratio)
+            lr = ops.where(step < self.warmup_iters, lr * (1.0 - k), lr)
+        return lr
+
+    def get_config(self):
+        return {
+            "base_lr": self.base_lr,
+            "milestones": list(self.milestones),
+            "gamma": self.gamma,
+            "warmup_iters": self.warmup_iters,
+            "warmup_ratio": self.warmup_ratio,
+        }
