@@ -13,6 +13,7 @@ from gflv2_keras.ops.postprocess import postprocess
 
 DEFAULT_TEST_CONFIG = {"nms_pre": 1000, "score_threshold": 0.05, "iou_threshold": 0.6, "max_detections": 100}
 DEFAULT_TRAIN_CONFIG = {"topk": 9, "loss_weights": [1.0, 0.25, 2.0]}
+LOSS_NAMES = ("qfl", "dfl", "giou")
 
 
 @keras.saving.register_keras_serializable(package="gflv2_keras")
@@ -80,7 +81,8 @@ class GFLV2Detector(keras.Model):
         self.head = GFLHead(num_classes=self.num_classes, **self.head_config, name="bbox_head")
         self.reg_max = self.head.reg_max
         self.strides = STRIDES
-        self._loss_trackers = {}
+        # Created here, not in compute_loss: Keras forbids new state once the model is built.
+        self._loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self._detect_fn = None
 
     # ------------------------------------------------------------------ forward
@@ -104,17 +106,34 @@ class GFLV2Detector(keras.Model):
         """ATSS targets + QFL/DFL/GIoU (the official sum). Logs ``qfl``, ``dfl``, ``giou``.
 
         Args:
-            x: the normalised, padded input batch ``[B, H, W, 3]``.
+            x: the normalised, padded input batch ``[B, H, W, 3]`` (static ``H``, ``W``).
             y: ``{"boxes": [B, M, 4] xyxy input pixels, "classes": [B, M] int (-1 = padding),
                 "image_shape": optional [B, 2] per-image padded (h, w)}``.
             y_pred: the output of ``call``.
+            sample_weight: not supported (the loss has its own per-point weights); must be None.
+
+        Returns:
+            The scalar loss *of this replica*, scaled for Keras' cross-replica gradient sum.
+            Under a ``tf.distribute`` strategy with ``R`` replicas Keras sums the replicas'
+            gradients, and the official loss of the global batch is the mean of the replicas'
+            losses (their normalisers are already replica means inside ``gfl_loss``), so the
+            returned value is ``loss / R`` (as Keras' own ``compute_loss`` does with
+            ``scale_loss_for_distribution``). The logged ``loss``/``qfl``/``dfl``/``giou`` are unscaled,
+            so they read the same with any number of replicas.
         """
         from gflv2_keras.ops.gfl_loss import gfl_loss, valid_point_mask
 
-        del sample_weight, training
+        del training
+        if sample_weight is not None:
+            raise ValueError("GFLV2Detector.compute_loss: sample_weight is not supported, pass None")
         if y_pred is None:
             y_pred = self(x, training=True)
         height, width = _static_hw(x)
+        if not (isinstance(height, int) and isinstance(width, int)):
+            raise ValueError(
+                f"GFLV2Detector.compute_loss: the input height and width must be static, got {x.shape}; "
+                "pad training batches to a fixed size (gflv2_keras.training.trainer.pad_to_canvas)"
+            )
         sizes, points, point_strides = self.points_for(height, width)
         gt_classes = ops.cast(y["classes"], "int32")
         batch = ops.shape(gt_classes)[0]
@@ -136,19 +155,18 @@ class GFLV2Detector(keras.Model):
             loss_weights=tuple(self.train_config["loss_weights"]),
             topk=int(self.train_config["topk"]),
         )
-        for name, value in losses.items():
-            if name not in self._loss_trackers:
-                self._loss_trackers[name] = keras.metrics.Mean(name=name)
-            self._loss_trackers[name].update_state(value)
+        for name in LOSS_NAMES:
+            self._loss_trackers[name].update_state(losses[name])
         total = losses["qfl"] + losses["dfl"] + losses["giou"]
-        regularization = self.losses
-        if regularization:
-            total = total + ops.sum(ops.stack(regularization))
-        return total
+        if self.losses:
+            total = total + ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
+        return _scale_for_replicas(total)
 
     @property
     def metrics(self):
-        return super().metrics + list(self._loss_trackers.values())
+        # Keras already collects metrics assigned to the model; add ours only if it did not.
+        metrics = super().metrics
+        return metrics + [m for m in self._loss_trackers.values() if all(m is not n for n in metrics)]
 
     # ------------------------------------------------------------------ inference
     def predict_step(self, data):
@@ -241,6 +259,14 @@ class GFLV2Detector(keras.Model):
             "train_config": self.train_config,
             "class_names": self.class_names,
         }
+
+
+def _scale_for_replicas(loss):
+    """``loss / num_replicas_in_sync`` of the current ``tf.distribute`` strategy (1: unchanged)."""
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss * (1.0 / replicas)
 
 
 def _static_hw(images):
