@@ -1,0 +1,67 @@
+"""``gflv2 train``: run a training recipe (also ``python recipes/NAME.py``)."""
+
+import argparse
+
+
+def add_train_arguments(parser, with_recipe=True):
+    """The options of ``gflv2 train`` (``with_recipe=False``: a recipe file's own command line)."""
+    if with_recipe:
+        parser.add_argument("--recipe", required=True, help="recipe name (recipes/NAME.py) or path of a recipe file")
+    parser.add_argument("--data-root", help="dataset folder; COCO layout: annotations/instances_train2017.json, train2017/")
+    parser.add_argument("--work-dir", help="output folder (default work_dirs/RECIPE)")
+    parser.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    parser.add_argument("--batch-size", type=int, help="images per replica (override the recipe's batch_per_replica)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the work dir")
+    parser.add_argument("--strategy", choices=("none", "mirrored", "multi-worker"), default="none")
+    parser.add_argument("--cpu-devices", type=int, help="split the CPU into N logical devices (mirrored on CPU)")
+    parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--steps-per-epoch", type=int, help="cap the steps of an epoch (quick runs)")
+    parser.add_argument("--train-annotations", help="training annotation file (overrides the recipe path)")
+    parser.add_argument("--train-images", help="training image folder")
+    parser.add_argument("--val-annotations", help="validation annotation file")
+    parser.add_argument("--val-images", help="validation image folder")
+    parser.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation callback")
+    return parser
+
+
+def build_train_parser(prog="gflv2 train", with_recipe=True):
+    parser = argparse.ArgumentParser(prog=prog, description="Train a GFLv2 detector with a recipe.")
+    return add_train_arguments(parser, with_recipe)
+
+
+def run_train(args, recipe=None):
+    """Runs ``train`` from parsed arguments; returns the exit code."""
+    from gflv2_keras.training.recipes import load_recipe
+    from gflv2_keras.training.trainer import train
+
+    recipe = recipe if recipe is not None else load_recipe(args.recipe)
+    result = train(
+        recipe,
+        data_root=args.data_root,
+        work_dir=args.work_dir,
+        epochs=args.epochs,
+        batch_per_replica=args.batch_size,
+        resume=args.resume,
+        strategy=args.strategy,
+        cpu_devices=args.cpu_devices,
+        jit_compile=args.jit_compile,
+        train_annotations=args.train_annotations,
+        train_images=args.train_images,
+        val_annotations=args.val_annotations,
+        val_images=args.val_images,
+        steps_per_epoch=args.steps_per_epoch,
+        evaluate=not args.no_eval,
+    )
+    speed = result["images_per_second"]
+    print(
+        f"[train] done: {result['iterations']} iterations, "
+        + (f"{speed:.2f} images/s, " if speed else "")
+        + f"work dir {result['work_dir']}"
+    )
+    return 0
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("train", help="train a detector with a recipe", description=__doc__)
+    add_train_arguments(parser)
+    parser.set_defaults(func=run_train)

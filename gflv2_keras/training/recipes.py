@@ -1,0 +1,181 @@
+"""Training recipes as data: one small file per model in the repository's ``recipes/`` folder.
+
+A recipe is a plain dict (``RECIPE``) that the one trainer (``training.trainer.train``) runs.
+``coco_recipe`` holds what the official configs share (spec §1.6-1.7), so a recipe file is
+one call, e.g. ``recipes/gflv2_r50_fpn_ms2x_coco.py``::
+
+    from gflv2_keras.training.recipes import coco_recipe, run_recipe_cli
+
+    RECIPE = coco_recipe("gflv2_r50_fpn_ms2x_coco", schedule="ms2x")
+
+    if __name__ == "__main__":
+        run_recipe_cli(RECIPE)
+
+Fields (``RECIPE_FIELDS`` lists them with their meaning): the preset to build, the schedule
+(epochs, decay epochs, warm-up), the optimiser (SGD momentum / coupled L2, lr per 16 images,
+scaled linearly to the global batch), the data (scale, multi-scale range, flip, seed, file
+layout under ``--data-root``), checkpoint and evaluation intervals.
+"""
+
+import copy
+import importlib.util
+import os
+from pathlib import Path
+
+# name -> meaning; every recipe has exactly these fields (``validate_recipe``).
+RECIPE_FIELDS = {
+    "name": "recipe name (the file name without .py)",
+    "preset": "preset name (gflv2_keras.presets) or preset folder of the model to train",
+    "init_weights": "preset folder whose weights initialise the model (fine-tuning), or None: random init",
+    "epochs": "number of training epochs",
+    "lr_steps": "epochs (0-based index) from which the lr is multiplied by lr_gamma",
+    "lr_gamma": "step-decay factor",
+    "base_lr_per_16": "learning rate for a global batch of 16 images (linear scaling rule)",
+    "momentum": "SGD momentum",
+    "weight_decay": "coupled L2 coefficient (PyTorch SGD weight_decay)",
+    "warmup_iters": "iterations of linear warm-up",
+    "warmup_ratio": "starting fraction of the warm-up lr",
+    "batch_per_replica": "images per replica (GPU) per step",
+    "scale": "[long_max, short_max] keep-ratio resize target",
+    "multiscale_range": "[short_min, short_max] sampled short side per image, or None (single scale)",
+    "flip_prob": "probability of a horizontal flip",
+    "max_boxes": "boxes per image in a batch (fixed shapes), or None: largest in the batch",
+    "seed": "seed of data order, scale and flip (stored in checkpoints)",
+    "checkpoint_every_steps": "also checkpoint every N steps (checkpoints are always written at epoch ends)",
+    "keep_checkpoints": "checkpoints kept on disk",
+    "eval_every_epochs": "COCO evaluation on the val split every N epochs (0: never)",
+    "eval_max_images": "evaluate on the first N val images only, or None: all",
+    "train_annotations": "training annotation file, relative to --data-root",
+    "train_images": "training image folder, relative to --data-root",
+    "val_annotations": "validation annotation file, relative to --data-root",
+    "val_images": "validation image folder, relative to --data-root",
+    "official_config": "the official config this recipe reproduces (provenance)",
+    "notes": "deviations from the official recipe",
+}
+
+SCHEDULES = {
+    "1x": {"epochs": 12, "lr_steps": [8, 11], "multiscale_range": None},
+    "ms2x": {"epochs": 24, "lr_steps": [16, 22], "multiscale_range": [480, 960]},
+}
+
+_COCO_BASE = {
+    "init_weights": None,
+    "lr_gamma": 0.1,
+    "base_lr_per_16": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "warmup_iters": 500,
+    "warmup_ratio": 0.001,
+    "batch_per_replica": 2,
+    "scale": [1333, 800],
+    "flip_prob": 0.5,
+    "max_boxes": None,
+    "seed": 0,
+    "checkpoint_every_steps": 2000,
+    "keep_checkpoints": 3,
+    "eval_every_epochs": 1,
+    "eval_max_images": None,
+    "train_annotations": "annotations/instances_train2017.json",
+    "train_images": "train2017",
+    "val_annotations": "annotations/instances_val2017.json",
+    "val_images": "val2017",
+    "notes": (
+        "Official: ImageNet-pretrained backbone (torchvision / open-mmlab weights), not available here: "
+        "pass init_weights (a preset folder) or train from a converted checkpoint. "
+        "Batches are zero-padded to a fixed square canvas (static shapes) instead of to the largest image."
+    ),
+}
+
+
+def coco_recipe(preset, schedule="1x", **overrides):
+    """The official COCO recipe of ``preset`` with ``schedule`` ``"1x"`` or ``"ms2x"``.
+
+    Global batch 16 = 8 replicas x 2 (the lr is rescaled for any other global batch),
+    SGD lr 0.01 / momentum 0.9 / coupled L2 1e-4, linear warm-up 500 iters from 0.001,
+    x0.1 at epochs 8 and 11 of 12 (1x) or 16 and 22 of 24 (ms2x), resize to (1333, 800) or
+    short side uniform in [480, 960] (ms2x), flip 0.5. ``overrides`` replace any field.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"coco_recipe: schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
+    from gflv2_keras.presets import preset_info
+
+    official = preset_info(preset)["metadata"].get("official_config")
+    recipe = {
+        **copy.deepcopy(_COCO_BASE),
+        **copy.deepcopy(SCHEDULES[schedule]),
+        "name": preset,
+        "preset": preset,
+        "official_config": official,
+        **overrides,
+    }
+    return validate_recipe(recipe)
+
+
+def validate_recipe(recipe, source="recipe"):
+    """Checks a recipe has exactly the known fields with sane values; returns it."""
+    missing = sorted(set(RECIPE_FIELDS) - set(recipe))
+    unknown = sorted(set(recipe) - set(RECIPE_FIELDS))
+    if missing or unknown:
+        raise ValueError(f"{source}: missing fields {missing}, unknown fields {unknown}")
+    checks = [
+        ("epochs", recipe["epochs"] >= 1),
+        ("batch_per_replica", recipe["batch_per_replica"] >= 1),
+        ("base_lr_per_16", recipe["base_lr_per_16"] > 0),
+        ("lr_steps", list(recipe["lr_steps"]) == sorted(set(recipe["lr_steps"]))),
+        ("scale", len(recipe["scale"]) == 2),
+        ("multiscale_range", recipe["multiscale_range"] is None or len(recipe["multiscale_range"]) == 2),
+        ("checkpoint_every_steps", recipe["checkpoint_every_steps"] is None or recipe["checkpoint_every_steps"] >= 0),
+        ("keep_checkpoints", recipe["keep_checkpoints"] >= 1),
+        ("eval_every_epochs", recipe["eval_every_epochs"] >= 0),
+    ]
+    for field, ok in checks:
+        if not ok:
+            raise ValueError(f"{source}: invalid value of {field!r}: {recipe[field]!r}")
+    return recipe
+
+
+def recipes_dir():
+    """The repository's ``recipes/`` folder (next to the package; ``$GFLV2_RECIPES_DIR`` overrides)."""
+    override = os.environ.get("GFLV2_RECIPES_DIR")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+def list_recipes():
+    """Names of the recipes in ``recipes_dir()``."""
+    folder = recipes_dir()
+    return sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_")) if folder.is_dir() else []
+
+
+def load_recipe(name_or_path):
+    """A recipe (a validated copy of the file's ``RECIPE``) by name or by file path.
+
+    A name is looked up as ``recipes_dir() / f"{name}.py"``; anything ending in ``.py`` or
+    naming an existing file is loaded as a path.
+    """
+    path = Path(name_or_path)
+    if not (str(name_or_path).endswith(".py") or path.is_file()):
+        path = recipes_dir() / f"{name_or_path}.py"
+        if not path.is_file():
+            available = ", ".join(list_recipes()) or f"none (no recipes folder at {recipes_dir()})"
+            raise ValueError(f"Unknown recipe {name_or_path!r}. Available recipes: {available}")
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"gflv2_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not isinstance(getattr(module, "RECIPE", None), dict):
+        raise ValueError(f"{path}: defines no RECIPE dict")
+    return validate_recipe(copy.deepcopy(module.RECIPE), source=str(path))
+
+
+def run_recipe_cli(recipe, argv=None):
+    """``python recipes/NAME.py --data-root DIR [...]``: the ``gflv2 train`` options for one recipe."""
+    import sys
+
+    from gflv2_keras.training.cli import build_train_parser, run_train
+
+    parser = build_train_parser(prog=f"python recipes/{recipe['name']}.py", with_recipe=False)
+    args = parser.parse_args(argv)
+    sys.exit(run_train(args, recipe=recipe))

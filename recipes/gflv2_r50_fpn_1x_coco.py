@@ -1,0 +1,12 @@
+"""gflv2_r50_fpn_1x_coco: the official configs/gfocal/gfocal_r50_fpn_1x.py (1x schedule).
+
+Run: ``gflv2 train --recipe gflv2_r50_fpn_1x_coco --data-root COCO_ROOT``
+or ``python recipes/gflv2_r50_fpn_1x_coco.py --data-root COCO_ROOT``.
+"""
+
+from gflv2_keras.training.recipes import coco_recipe, run_recipe_cli
+
+RECIPE = coco_recipe("gflv2_r50_fpn_1x_coco", schedule="1x")
+
+if __name__ == "__main__":
+    run_recipe_cli(RECIPE)
