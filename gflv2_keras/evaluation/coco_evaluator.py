@@ -1,0 +1,203 @@
+"""COCO bbox evaluation with pycocotools, on the annotation file's own image and category ids.
+
+As the TF Model Garden ``COCOEvaluator`` and mmdet (and unlike keras-cv's ``PyCOCOCallback``),
+detections are scored in original image pixels, with the file's image ids, and with contiguous
+class indices mapped back to the file's category ids.
+
+Formats: a detector returns boxes xyxy in absolute original-image pixels; COCO result dicts
+hold ``bbox`` = ``[x, y, w, h]`` (``w = x2 - x1``, no "+1").
+"""
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+
+import numpy as np
+
+from gflv2_keras.data.coco import load_coco
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def evaluate_detections(annotation_file, detections, output_json=None, image_ids=None, verbose=True):
+    """COCOeval bbox of detections against a COCO annotation file.
+
+    Args:
+        annotation_file: path of the ground-truth JSON, or a loaded ``pycocotools.coco.COCO``.
+        detections: list of COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h],
+            "score"}`` (original pixels, the file's ids), or the path of such a JSON file.
+        output_json: if given, the detections are written there (JSON list).
+        image_ids: evaluate on these image ids only (default: every image of the file).
+        verbose: print pycocotools' summary table.
+
+    Returns:
+        dict with ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` and the recall metrics
+        ``AR1`` ... ``ARl`` (floats, pycocotools' 12 ``stats`` in order), ``stats`` (the list of
+        12) and ``num_detections``. With no detection at all every metric is 0.0.
+
+    Raises:
+        ValueError: a detection names an image or category id that the file does not have, or
+            a ground-truth annotation lacks the ``area`` field that COCOeval needs.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if isinstance(detections, (str, os.PathLike)):
+        with open(detections) as f:
+            detections = json.load(f)
+    detections = list(detections)
+    if output_json is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
+        with open(output_json, "w") as f:
+            json.dump(detections, f)
+
+    if isinstance(annotation_file, COCO):
+        coco_gt, source = annotation_file, "the ground truth"
+    else:
+        source = str(annotation_file)
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO(source)
+    _check_ground_truth(coco_gt, source)
+    _check_detections(coco_gt, detections, source)
+
+    if not detections:
+        logger.warning("evaluate_detections: no detections, every metric is 0")
+        stats = [0.0] * len(METRIC_NAMES)
+    else:
+        # loadRes adds fields to the dicts it is given; keep the caller's list intact.
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            coco_dt = coco_gt.loadRes(copy.deepcopy(detections))
+            coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
+            if image_ids is not None:
+                coco_eval.params.imgIds = sorted(int(i) for i in image_ids)
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        if verbose:
+            print("\n".join(line for line in output.getvalue().splitlines() if line.lstrip().startswith("Average")))
+        stats = [float(v) for v in coco_eval.stats]
+    results = dict(zip(METRIC_NAMES, stats))
+    results["stats"] = stats
+    results["num_detections"] = len(detections)
+    return results
+
+
+def run_detector(detector, dataset, max_images=None, progress=True):
+    """Runs ``detector.detect`` on the images of a ``CocoDataset`` and returns COCO results.
+
+    Args:
+        detector: any object with ``detect(image)`` taking a uint8 RGB ``[H, W, 3]`` array
+            (original size; the detector does its own preprocessing) and returning a dict of
+            arrays ``"boxes"`` ``[K, 4]`` xyxy original pixels, ``"confidence"`` ``[K]`` and
+            ``"classes"`` ``[K]`` contiguous 0-based indices (entries with class < 0, such as
+            -1 padding, are ignored).
+        dataset: a ``CocoDataset``, loaded with ``for_training=False`` so that images without
+            annotations are evaluated too.
+        max_images: only the first ``max_images`` records.
+        progress: show a ``keras.utils.Progbar``.
+
+    Returns:
+        list of COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
+        (python floats / ints, JSON-ready). Images that cannot be read are skipped, logged with
+        their id and file name, and put in ``dataset.unreadable``.
+    """
+    import tensorflow as tf
+
+    if dataset.for_training:
+        logger.warning(
+            "run_detector: %s was loaded with for_training=True, so images without boxes are not evaluated",
+            dataset.annotation_file,
+        )
+    records = dataset.records if max_images is None else dataset.records[:max_images]
+    category_ids = np.asarray(dataset.category_ids)
+    progbar = None
+    if progress:
+        import keras
+
+        progbar = keras.utils.Progbar(len(records), unit_name="image")
+    results = []
+    for step, record in enumerate(records, 1):
+        try:
+            image = tf.io.decode_image(tf.io.read_file(record["file_name"]), channels=3, expand_animations=False)
+        except (tf.errors.OpError, OSError) as e:
+            dataset.mark_unreadable(record, f"cannot be read or decoded ({type(e).__name__}: {_first_line(e)})")
+        else:
+            output = detector.detect(image.numpy())
+            results.extend(_to_coco_results(output, record["image_id"], category_ids))
+        if progbar is not None:
+            progbar.update(step)
+    return results
+
+
+def evaluate(detector, annotation_file, image_dir, output_json=None, max_images=None, progress=True, verbose=True):
+    """Runs ``detector`` on a COCO split and scores it (``run_detector`` + ``evaluate_detections``).
+
+    The score covers the images that were run: all readable images of the file, or the first
+    ``max_images`` of them. Unreadable images are reported and left out of the score.
+
+    Returns:
+        The dict of ``evaluate_detections`` plus ``num_images`` (images scored).
+    """
+    dataset = load_coco(annotation_file, image_dir, for_training=False, verbose=False)
+    records = dataset.records if max_images is None else dataset.records[:max_images]
+    detections = run_detector(detector, dataset, max_images=max_images, progress=progress)
+    image_ids = [r["image_id"] for r in records if r["image_id"] not in dataset.unreadable]
+    if dataset.unreadable:
+        logger.warning("evaluate: %d unreadable images left out of the score", len(dataset.unreadable))
+    results = evaluate_detections(
+        annotation_file, detections, output_json=output_json, image_ids=image_ids, verbose=verbose
+    )
+    results["num_images"] = len(image_ids)
+    return results
+
+
+def _to_coco_results(output, image_id, category_ids):
+    boxes = np.asarray(output["boxes"], np.float64).reshape(-1, 4)
+    scores = np.asarray(output["confidence"], np.float64).reshape(-1)
+    classes = np.asarray(output["classes"]).reshape(-1).astype(np.int64)
+    if not len(boxes) == len(scores) == len(classes):
+        raise ValueError(
+            f"image id {image_id}: detector returned {len(boxes)} boxes, {len(scores)} confidences "
+            f"and {len(classes)} classes"
+        )
+    keep = classes >= 0
+    if np.any(classes[keep] >= len(category_ids)):
+        raise ValueError(
+            f"image id {image_id}: detector returned class {classes.max()} but the file has "
+            f"{len(category_ids)} categories (classes must be contiguous 0-based indices)"
+        )
+    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    return [
+        {"image_id": image_id, "category_id": int(category_ids[c]), "bbox": [float(v) for v in box], "score": float(s)}
+        for box, s, c in zip(xywh, scores, classes)
+    ]
+
+
+def _check_ground_truth(coco_gt, source):
+    for ann in coco_gt.dataset.get("annotations", []):
+        if "area" not in ann:
+            raise ValueError(f"{source}: annotation id {ann.get('id')} has no 'area' field, which COCOeval needs")
+
+
+def _check_detections(coco_gt, detections, source):
+    image_ids, category_ids = set(coco_gt.getImgIds()), set(coco_gt.getCatIds())
+    for det in detections:
+        if det.get("image_id") not in image_ids:
+            raise ValueError(f"detection {det}: 'image_id' is not an image of {source}")
+        if det.get("category_id") not in category_ids:
+            raise ValueError(
+                f"detection {det}: 'category_id' is not a category of {source} "
+                f"(contiguous class indices must be mapped to category ids)"
+            )
+
+
+def _first_line(error):
+    message = getattr(error, "message", None) or str(error)
+    return message.strip().splitlines()[0][:200] if message.strip() else type(error).__name__
