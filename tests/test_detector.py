@@ -35,10 +35,15 @@ def test_output_shapes_for_odd_and_even_sizes(nano, hw):
 
 @pytest.mark.parametrize(
     "preset, expected",
-    [("gflv2_r50_fpn_1x_coco", 32_444_251), ("gflv2_r101_fpn_ms2x_coco", 51_436_379)],
+    [
+        ("gflv2_r50_fpn_1x_coco", 32_444_251),
+        ("gflv2_r101_fpn_ms2x_coco", 51_436_379),
+        ("gflv2_r101_dcn_fpn_ms2x_coco", 52_722_551),
+        ("gflv2_x101_32x4d_dcn_fpn_ms2x_coco", 53_470_767),
+    ],
 )
 def test_official_parameter_counts(preset, expected):
-    detector = GFLV2Detector.from_preset(preset, load_weights=False).build_for_inference()
+    detector = GFLV2Detector.from_preset(preset, load_weights=False).build_for_inference((32, 32))
     assert detector.count_params_official() == expected
     assert detector.head.gfl_cls.kernel.shape == (3, 3, 256, 81)  # official 81-channel classifier
 
