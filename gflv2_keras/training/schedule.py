@@ -64,8 +64,9 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         for milestone in self.milestones:
             lr = ops.where(step >= milestone, lr * self.gamma, lr)
         if self.warmup_iters > 0:
-            k = (1.0 - step / self.warmup_iters) * (1.0 - self.warmup_ratio)
-            lr = ops.where(step < self.warmup_iters, lr * (1.0 - k), lr)
+            # = 1 - (1 - t / warmup_iters) * (1 - warmup_ratio), without float32 cancellation at t = 0.
+            factor = self.warmup_ratio + (1.0 - self.warmup_ratio) * step / self.warmup_iters
+            lr = ops.where(step < self.warmup_iters, lr * factor, lr)
         return lr
 
     def get_config(self):

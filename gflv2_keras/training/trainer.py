@@ -273,6 +273,7 @@ def train(
         f"{steps} steps, canvas {canvas[0]}x{canvas[1]}, XLA {'on' if jit_compile else 'off'}, work dir {work_dir}"
     )
 
+    keras.utils.set_random_seed(int(recipe["seed"]))  # the same initial weights for the same recipe
     with strategy.scope():
         overrides = {"num_classes": train_data.num_classes, "class_names": list(train_data.class_names)}
         if recipe["init_weights"]:
