@@ -93,13 +93,14 @@ PRESETS = {
     "gflv2_tiny_r18_demo": {
         "config": {
             "backbone": {"type": "resnet", "depth": 18, "base_channels": 16, "frozen_stages": -1, "norm_eval": False},
-            "num_classes": 4,
+            "num_classes": 5,
             "fpn_channels": 64,
             "head": {"feat_channels": 64, "stacked_convs": 2, "norm_groups": 16},
-            "input_scale": [320, 256],
+            "input_scale": [256, 256],
+            "class_names": ["rectangle", "ellipse", "triangle", "cross", "star"],
         },
         "metadata": {
-            "description": "Tiny GFLv2 (ResNet-18 at 1/4 width) for the synthetic-shapes demo on a CPU",
+            "description": "Tiny GFLv2 (ResNet-18 at 1/4 width, 2-conv head) for the synthetic-shapes demo on a CPU",
             "recipe": "gflv2_tiny_r18_demo",
         },
     },
