@@ -10,7 +10,7 @@ from PIL import Image
 
 from gflv2_keras.data import preprocess
 from gflv2_keras.data.coco import load_coco
-from gflv2_keras.data.pipeline import build_dataset, rescale_size_for_short_side, steps_per_epoch
+from gflv2_keras.data.pipeline import build_dataset, steps_per_epoch
 
 SCALE = (96, 64)
 # (file name, height, width, Pillow mode written)
@@ -172,11 +172,11 @@ def test_multiscale_short_side_is_sampled_in_range(tmp_path):
     assert len(sizes) >= 4
 
 
-def test_rescale_size_for_short_side_matches_preprocess():
+def test_rescale_size_takes_tensor_scales():
     for height, width in [(480, 640), (427, 640), (640, 359), (1000, 1000), (37, 500)]:
         for scale in [(1333, 800), (1333, 480), (1333, 961), (96, 64)]:
             expected = [int(v) for v in preprocess.rescale_size(height, width, scale)]
-            got = [int(v) for v in rescale_size_for_short_side(height, width, scale[0], scale[1])]
+            got = [int(v) for v in preprocess.rescale_size(height, width, (tf.constant(scale[0]), tf.constant(scale[1])))]
             assert got == expected == list(_reference_size(height, width, *scale))
 
 

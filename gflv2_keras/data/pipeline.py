@@ -191,20 +191,6 @@ def scale_and_flip_boxes(boxes, original_size, resized_size, flip):
     return tf.where(flip, flipped, boxes)
 
 
-def rescale_size_for_short_side(height, width, long_max, short_target):
-    """``preprocess.rescale_size`` with a tensor target scale (for multi-scale training).
-
-    ``preprocess.rescale_size`` takes a python ``scale``; the sampled short side is a tensor,
-    so the same mmcv formula is applied here to ``(long_max, short_target)``.
-    """
-    h = tf.cast(height, tf.float32)
-    w = tf.cast(width, tf.float32)
-    factor = tf.minimum(
-        tf.cast(long_max, tf.float32) / tf.maximum(h, w), tf.cast(short_target, tf.float32) / tf.minimum(h, w)
-    )
-    return tf.cast(tf.floor(h * factor + 0.5), tf.int32), tf.cast(tf.floor(w * factor + 0.5), tf.int32)
-
-
 def _make_loader(records, seed, scale, multiscale_range, flip_prob, max_boxes):
     """The per-image map function ``(record index, epoch, position) -> (image, targets)``."""
     file_names = tf.constant([r["file_name"] for r in records])
@@ -227,7 +213,7 @@ def _make_loader(records, seed, scale, multiscale_range, flip_prob, max_boxes):
             short = tf.random.stateless_uniform(
                 [], scale_seed, minval=multiscale_range[0], maxval=multiscale_range[1] + 1, dtype=tf.int32
             )
-            new_h, new_w = rescale_size_for_short_side(height, width, long_max, short)
+            new_h, new_w = preprocess.rescale_size(height, width, (long_max, short))
         flip = tf.random.stateless_uniform([], flip_seed) < flip_prob
 
         image = preprocess.resize_image(image, new_h, new_w)

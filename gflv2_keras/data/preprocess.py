@@ -25,15 +25,17 @@ def rescale_size(height, width, scale=DEFAULT_SCALE):
 
     Args:
         height, width: scalar tensors or ints (the original size).
-        scale: ``(long_max, short_max)``; the order of the two numbers does not matter.
+        scale: ``(long_max, short_max)`` as numbers or scalar tensors (multi-scale training
+            samples the short side); the order of the two values does not matter.
 
     Returns:
         ``(new_height, new_width)`` as int32 scalar tensors.
     """
     h = tf.cast(height, tf.float32)
     w = tf.cast(width, tf.float32)
-    long_max = float(max(scale))
-    short_max = float(min(scale))
+    first, second = (tf.cast(v, tf.float32) for v in scale)
+    long_max = tf.maximum(first, second)
+    short_max = tf.minimum(first, second)
     factor = tf.minimum(long_max / tf.maximum(h, w), short_max / tf.minimum(h, w))
     new_h = tf.cast(tf.floor(h * factor + 0.5), tf.int32)
     new_w = tf.cast(tf.floor(w * factor + 0.5), tf.int32)
