@@ -1,0 +1,293 @@
+"""Export a ``GFLV2Detector`` as a SavedModel that TF Serving (and ``TFSMLayer``) can serve.
+
+The whole inference path is inside the graph: image decoding, the official test-time
+preprocessing, the network, integral box decoding and per-class NMS. The SavedModel needs
+neither this package nor any custom op to load (deformable convolutions are traced with the
+portable keras-ops implementation; the export refuses to publish a graph with a ``GflDeform*``
+op).
+
+Signatures
+----------
+``serving_default``
+    input ``image_bytes``: ``tf.string [N]``, encoded JPEG / PNG / BMP / GIF (GIF: first
+    frame); images may differ in size. Each is decoded to RGB (``tf.io.decode_image``) and
+    run on its own (``tf.map_fn``).
+``image_tensor``
+    input ``image_tensor``: ``tf.uint8 [N, H, W, 3]`` RGB, one size per batch (as
+    ``detector.predict``).
+
+Both return, with ``K = detector.test_config["max_detections"]`` (100 by default):
+
+=========================  =======  =========  =========================================
+output                     dtype    shape      meaning
+=========================  =======  =========  =========================================
+``detection_boxes``        float32  [N, K, 4]  ``(x1, y1, x2, y2)``, original image pixels
+``detection_scores``       float32  [N, K]     GFLv2 joint score, descending
+``detection_classes``      int32    [N, K]     0-based class index
+``num_detections``         int32    [N]        valid rows of each image
+``detection_class_names``  string   [N, K]     only if ``detector.class_names`` is set
+=========================  =======  =========  =========================================
+
+Rows past ``num_detections`` are padding: -1 in boxes, scores and classes, ``""`` in names.
+
+**Box order.** Boxes are ``xyxy = (x1, y1, x2, y2)`` in absolute pixels of the image as it
+was sent, the same as ``detector.predict`` / ``detect``. This differs from the TF Object
+Detection API, whose ``detection_boxes`` are normalised ``(ymin, xmin, ymax, xmax)``; convert
+with ``boxes[..., [1, 0, 3, 2]] / [h, w, h, w]`` if a client expects that.
+
+**Compatibility.** Serve with a TF Serving release at least as new as the TensorFlow that
+wrote the SavedModel (ops are forward- but not backward-compatible).
+
+**Errors.** An image that cannot be decoded (corrupt, truncated, empty, unknown format) fails
+the whole request with ``INVALID_ARGUMENT`` (REST: HTTP 400 ``{"error": ...}``; in Python
+``tf.errors.InvalidArgumentError``); the loaded model keeps serving later requests.
+
+Usage::
+
+    from gflv2_keras import GFLV2Detector
+    from gflv2_keras.export import export_saved_model
+
+    detector = GFLV2Detector.from_preset("gflv2_r50_fpn_1x_coco")
+    path = export_saved_model(detector, "models/gflv2", version=1)   # models/gflv2/1
+
+    # Anywhere with TensorFlow (this package not needed):
+    loaded = tf.saved_model.load(str(path))
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant([jpeg_bytes]))
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    out = layer(tf.constant([jpeg_bytes]))          # same dict of outputs
+"""
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+try:
+    from gflv2_keras.layers.deform_conv2d import force_portable
+except ImportError:  # a build without deformable convolutions has nothing to force
+    force_portable = contextlib.nullcontext
+
+BYTES_SIGNATURE = "serving_default"
+TENSOR_SIGNATURE = "image_tensor"
+KERAS_ENDPOINT = "serve"  # TFSMLayer's default call_endpoint
+BYTES_INPUT = "image_bytes"
+TENSOR_INPUT = "image_tensor"
+CUSTOM_OP_PREFIX = "GflDeform"
+
+
+def _serving_outputs(detections, max_detections, class_names):
+    """Detector output dict → the documented signature outputs (fixed static shapes)."""
+    k = max_detections
+    classes = tf.ensure_shape(tf.cast(detections["classes"], tf.int32), [None, k])
+    outputs = {
+        "detection_boxes": tf.ensure_shape(tf.cast(detections["boxes"], tf.float32), [None, k, 4]),
+        "detection_scores": tf.ensure_shape(tf.cast(detections["confidence"], tf.float32), [None, k]),
+        "detection_classes": classes,
+        "num_detections": tf.ensure_shape(tf.cast(detections["num_detections"], tf.int32), [None]),
+    }
+    if class_names:
+        names = tf.constant([str(name) for name in class_names] + [""])
+        outputs["detection_class_names"] = tf.gather(names, tf.where(classes < 0, len(class_names), classes))
+    return outputs
+
+
+def _serving_functions(detector):
+    """Endpoint bodies by name; their argument names become the signature input names.
+
+    Both call one shared ``tf.function`` around ``detector.detect_batch``, so the network is
+    traced once per tracing context instead of once per endpoint.
+    """
+    k = int(detector.test_config["max_detections"])
+    names = detector.class_names
+    detect_batch = tf.function(
+        detector.detect_batch, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)], autograph=False
+    )
+    per_image_spec = {
+        "boxes": tf.TensorSpec([k, 4], tf.float32),
+        "confidence": tf.TensorSpec([k], tf.float32),
+        "classes": tf.TensorSpec([k], tf.int32),
+        "num_detections": tf.TensorSpec([], tf.int32),
+    }
+
+    def detect_one(encoded):
+        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+        detections = detect_batch(image[None])
+        return {key: detections[key][0] for key in per_image_spec}
+
+    def image_bytes(image_bytes):
+        # One image per iteration: each runs the full network at up to the preset's input
+        # scale, so bounding peak memory matters more than overlapping iterations.
+        detections = tf.map_fn(detect_one, image_bytes, fn_output_signature=per_image_spec, parallel_iterations=1)
+        return _serving_outputs(detections, k, names)
+
+    def image_tensor(image_tensor):
+        size = tf.shape(image_tensor)[1:3]
+        check = tf.debugging.assert_positive(size, message="image_tensor: height and width must be positive")
+        with tf.control_dependencies([check]):
+            image_tensor = tf.identity(image_tensor)
+        return _serving_outputs(detect_batch(image_tensor), k, names)
+
+    return {"bytes": image_bytes, "tensor": image_tensor}
+
+
+def _build_export_archive(detector, keras_endpoint=False):
+    """A ``keras.export.ExportArchive`` with the endpoints of the module docstring (untraced).
+
+    Tracing happens when the archive is written; ``_write_archive`` does that inside
+    ``force_portable()`` so the graph never holds the deformable-convolution custom op.
+
+    Args:
+        detector: a ``GFLV2Detector`` (built here if needed; its current weights are exported).
+        keras_endpoint: also add ``"serve"`` (uint8 images, like ``image_tensor``), the
+            endpoint ``keras.layers.TFSMLayer`` calls by default.
+    """
+    if not detector.built or not detector.weights:
+        detector.build_for_inference()
+    bodies = _serving_functions(detector)
+    bytes_spec = [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]
+    tensor_spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name=TENSOR_INPUT)]
+    archive = keras.export.ExportArchive()
+    archive.track(detector)
+    _track_tf_variables(archive)
+    archive.add_endpoint(BYTES_SIGNATURE, bodies["bytes"], input_signature=bytes_spec)
+    archive.add_endpoint(TENSOR_SIGNATURE, bodies["tensor"], input_signature=tensor_spec)
+    if keras_endpoint:
+        archive.add_endpoint(KERAS_ENDPOINT, bodies["tensor"], input_signature=tensor_spec)
+    return archive
+
+
+def _track_tf_variables(archive):
+    """Replaces the tracked ``keras.Variable`` wrappers by the ``tf.Variable`` inside each.
+
+    keras-team/keras#23553 (open in Keras 3.15): ``track()`` records the wrappers while the
+    endpoints capture the ``tf.Variable``s; being distinct trackables, both are written, which
+    doubles the SavedModel size and the variable memory of every server that loads it.
+    Tracking the ``tf.Variable``s themselves lets the checkpoint store each weight once. A
+    no-op where Keras already tracks ``tf.Variable``s.
+    """
+    trackable = getattr(archive, "_tf_trackable", None)
+    for name in ("variables", "trainable_variables", "non_trainable_variables"):
+        tracked = getattr(trackable, name, None)
+        if tracked is None:
+            continue
+        unwrapped = []
+        for variable in tracked:
+            inner = getattr(variable, "value", None)  # keras.Variable.value is its tf.Variable
+            unwrapped.append(inner if isinstance(inner, tf.Variable) else variable)
+        setattr(trackable, name, unwrapped)
+
+
+def export_saved_model(detector, output_dir, version=1, overwrite=False):
+    """Write a TF Serving model version: ``output_dir/<version>/saved_model.pb`` + ``variables/``.
+
+    ``output_dir`` is the model's base path (``/models/<name>`` inside the TF Serving
+    container). The version is written to a hidden temporary folder next to it and renamed
+    into place only when complete, so TF Serving (which polls for numeric folder names) never
+    sees a partial model, and a crash leaves no ``<version>`` folder.
+
+    Args:
+        detector: the ``GFLV2Detector`` to export.
+        output_dir: model base folder (created if missing).
+        version: non-negative integer version number.
+        overwrite: replace an existing ``<version>`` folder (otherwise ``FileExistsError``).
+
+    Returns:
+        ``Path`` of the version folder.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"version must be a non-negative integer, got {version!r}")
+    target = Path(output_dir) / str(version)
+    _refuse_existing(target, overwrite)
+    return _write_atomically(_build_export_archive(detector), target, overwrite)
+
+
+def export_keras_archive(detector, path, overwrite=False):
+    """Write an inference-only SavedModel at ``path`` for ``keras.layers.TFSMLayer`` users.
+
+    Same graph and signatures as ``export_saved_model`` plus the ``"serve"`` endpoint
+    (uint8 ``[N, H, W, 3]``, one size per batch), so both of these work::
+
+        layer = keras.layers.TFSMLayer(path)                                   # uint8 images
+        layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")  # encoded bytes
+
+    Each returns the dict of outputs documented in this module. A TF Serving version folder
+    written by ``export_saved_model`` also works with ``call_endpoint="serving_default"`` or
+    ``"image_tensor"``.
+
+    Returns:
+        ``Path`` of the written folder.
+    """
+    target = Path(path)
+    _refuse_existing(target, overwrite)
+    return _write_atomically(_build_export_archive(detector, keras_endpoint=True), target, overwrite)
+
+
+def saved_model_op_types(path):
+    """Set of every op type in a SavedModel's graphs, function library included."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    types = set()
+    for meta_graph in saved_model.meta_graphs:
+        types.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            types.update(node.op for node in function.node_def)
+    return types
+
+
+def directory_size(path):
+    """Total size in bytes of the files under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _refuse_existing(target, overwrite):
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+
+
+def _write_archive(archive, directory):
+    with force_portable():
+        archive.write_out(str(directory), verbose=False)
+
+
+def _write_atomically(archive, target, overwrite):
+    """Write ``archive`` to a hidden sibling of ``target``, check it, then rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        _write_archive(archive, staging)
+        custom = sorted(op for op in saved_model_op_types(staging) if op.startswith(CUSTOM_OP_PREFIX))
+        if custom:
+            raise RuntimeError(
+                f"the exported graph contains custom op(s) {custom}, which TF Serving cannot load; "
+                "deformable convolutions must be traced with their portable implementation"
+            )
+        _refuse_existing(target, overwrite)
+        if target.exists():
+            retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, retired)
+            try:
+                os.rename(staging, target)
+            except OSError:
+                os.rename(retired, target)
+                raise
+            _remove(retired)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        _remove(staging)
+        raise
+    return target
+
+
+def _remove(path):
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
