@@ -366,6 +366,7 @@ def train(
             steps_per_epoch=steps - done,
             callbacks=all_callbacks,
             verbose=verbose,
+            shuffle=False,  # the stream is already in its (seeded, resumable) order
         )
         iteration = int(keras.ops.convert_to_numpy(optimizer.iterations))
         if iteration < last_epoch * steps:  # fit stopped early (a callback's stop_training)

@@ -1,0 +1,116 @@
+"""The default training path end to end on tiny synthetic data, plus recipes and the CLIs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gflv2_keras.cli import main as cli_main
+from gflv2_keras.training.recipes import coco_recipe, list_recipes, load_recipe, recipes_dir
+
+OFFICIAL = (
+    "gflv2_r50_fpn_1x_coco",
+    "gflv2_r50_fpn_ms2x_coco",
+    "gflv2_r101_fpn_ms2x_coco",
+    "gflv2_r101_dcn_fpn_ms2x_coco",
+    "gflv2_x101_32x4d_dcn_fpn_ms2x_coco",
+    "gflv2_r2_101_dcn_fpn_ms2x_coco",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    from gflv2_keras.data.synthetic import make_synthetic_coco
+
+    return make_synthetic_coco(str(tmp_path_factory.mktemp("coco")), num_train=8, num_val=2, seed=5)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_coco, tmp_path_factory):
+    from gflv2_keras.training.trainer import train
+
+    recipe = coco_recipe(
+        "gflv2_test_r18_nano",
+        name="nano_smoke",
+        epochs=4,
+        lr_steps=[],
+        base_lr_per_16=0.2,
+        batch_per_replica=4,
+        scale=[128, 96],
+        warmup_iters=1,
+        checkpoint_every_steps=0,
+        eval_every_epochs=4,
+        train_annotations="annotations/train.json",
+        train_images="train",
+        val_annotations="annotations/val.json",
+        val_images="val",
+    )
+    work_dir = tmp_path_factory.mktemp("work")
+    return train(recipe, data_root=tiny_coco["root"], work_dir=str(work_dir), tensorboard=False, verbose=0)
+
+
+def test_fit_logs_the_losses_and_the_loss_falls(trained):
+    history = trained["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    for entry in history:
+        for key in ("loss", "qfl", "dfl", "giou", "lr"):
+            assert np.isfinite(entry[key]), (key, entry)
+        assert entry["loss"] == pytest.approx(entry["qfl"] + entry["dfl"] + entry["giou"], rel=1e-4)
+    assert history[-1]["loss"] < 0.9 * history[0]["loss"]
+    assert "val_AP" in history[-1] and "val_AP" not in history[0]  # evaluated every 4th epoch
+    assert trained["iterations"] == 8 and trained["global_batch_size"] == 4
+
+
+def test_run_leaves_checkpoints_logs_and_a_loadable_preset(trained, tiny_coco, capsys):
+    from gflv2_keras.models.detector import GFLV2Detector
+    from gflv2_keras.training.checkpoint import latest_checkpoint, read_checkpoint
+
+    work_dir = trained["work_dir"]
+    state = read_checkpoint(latest_checkpoint(os.path.join(work_dir, "checkpoints")))[0]
+    assert (state["iteration"], state["epoch"], state["steps_per_epoch"]) == (8, 4, 2)
+    assert len(json.load(open(os.path.join(work_dir, "history.json")))) == 4
+    assert os.path.isfile(os.path.join(work_dir, "log.csv"))
+
+    detector = GFLV2Detector.from_preset(trained["preset_dir"])
+    assert detector.num_classes == 5  # taken from the dataset, not the preset's 3
+    for a, b in zip(detector.weights, trained["model"].weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    args = ["evaluate", "--preset", trained["preset_dir"], "--annotations", tiny_coco["val_annotations"]]
+    assert cli_main(args + ["--images", tiny_coco["val_images"]]) == 0
+    printed = capsys.readouterr().out
+    for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert f"  {name} " in printed
+
+
+def test_every_official_row_and_the_demo_have_a_recipe():
+    assert set(OFFICIAL) | {"gflv2_tiny_r18_demo"} <= set(list_recipes())
+    one_x, ms2x = load_recipe("gflv2_r50_fpn_1x_coco"), load_recipe(str(recipes_dir() / "gflv2_r101_fpn_ms2x_coco.py"))
+    assert (one_x["epochs"], one_x["lr_steps"], one_x["multiscale_range"]) == (12, [8, 11], None)
+    assert (ms2x["epochs"], ms2x["lr_steps"], ms2x["multiscale_range"]) == (24, [16, 22], [480, 960])
+    for name in OFFICIAL:
+        recipe = load_recipe(name)
+        assert recipe["preset"] == name
+        assert recipe["base_lr_per_16"] == 0.01 and recipe["batch_per_replica"] == 2
+        assert (recipe["momentum"], recipe["weight_decay"], recipe["warmup_iters"]) == (0.9, 1e-4, 500)
+        assert recipe["official_config"].endswith(".py")
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="Unknown recipe 'nope'.*gflv2_r50_fpn_1x_coco"):
+        load_recipe("nope")
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from gflv2_keras.training.recipes import coco_recipe\n"
+        "RECIPE = dict(coco_recipe('gflv2_r50_fpn_1x_coco'), learning_rate=0.1)\n"
+    )
+    with pytest.raises(ValueError, match=r"bad\.py: missing fields \[\], unknown fields \['learning_rate'\]"):
+        load_recipe(str(bad))
+    with pytest.raises(ValueError, match="invalid value of 'epochs'"):
+        coco_recipe("gflv2_r50_fpn_1x_coco", epochs=0)
+
+
+def test_train_cli_reports_missing_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="instances_train2017.json.*'train_annotations'"):
+        cli_main(["train", "--recipe", "gflv2_r50_fpn_1x_coco", "--data-root", str(tmp_path)])
