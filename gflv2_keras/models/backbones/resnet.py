@@ -90,16 +90,27 @@ class BasicBlock(_Block):
 class Bottleneck(_Block):
     """1x1 → 3x3 (stride, groups, optional DCN) → 1x1 x4, 'pytorch' style (stride on the 3x3).
 
-    ``width = planes`` for ResNet and ``floor(planes * base_width / 64) * groups`` for ResNeXt.
+    ``width = planes`` for ResNet and ``floor(planes * base_width / base_channels) * groups`` for
+    ResNeXt (mmdet's formula; ``base_channels`` is 64 in every official model).
     """
 
     expansion = 4
 
     def __init__(
-        self, in_channels, planes, stride=1, groups=1, base_width=64, frozen_stats=True, dcn=None, prefix="", **kwargs
+        self,
+        in_channels,
+        planes,
+        stride=1,
+        groups=1,
+        base_width=64,
+        base_channels=64,
+        frozen_stats=True,
+        dcn=None,
+        prefix="",
+        **kwargs,
     ):
         super().__init__(**kwargs)
-        width = planes if groups == 1 else (planes * base_width // 64) * groups
+        width = planes if groups == 1 else (planes * base_width // base_channels) * groups
         self.conv1 = make_conv(width, 1, f"{prefix}.conv1")
         self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1")
         self.conv2 = make_conv(width, 3, f"{prefix}.conv2", strides=stride, groups=groups, dcn=dcn)
@@ -213,6 +224,7 @@ class ResNetBackbone(keras.layers.Layer):
             stride,
             groups=self.groups,
             base_width=self.base_width,
+            base_channels=self.base_channels,
             frozen_stats=self.norm_eval,
             dcn=dcn,
             prefix=prefix,
