@@ -111,7 +111,7 @@ def draw_predictions(model, annotation_file, image_dir, path, num_images=PICTURE
     tiles = []
     for record in dataset.records[:num_images]:
         pixels = np.asarray(Image.open(record["file_name"]).convert("RGB"))
-        detections = model.detect(pixels)
+        detections = _one_label_per_object(model.detect(pixels))
         tiles.append(draw_detections(pixels, detections, dataset.class_names, min_score=PICTURE_MIN_SCORE))
     columns = min(4, len(tiles))
     rows = -(-len(tiles) // columns)
@@ -122,6 +122,23 @@ def draw_predictions(model, annotation_file, image_dir, path, num_images=PICTURE
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     grid.save(path)
     return path
+
+
+def _one_label_per_object(detections, iou_threshold=0.7):
+    """For the picture only: drops boxes overlapping a better-scored box of another class.
+
+    Per-class NMS (the official post-processing, used for the AP) keeps one box per class
+    hypothesis, and the labels of near-identical boxes would be drawn over each other.
+    """
+    import numpy as np
+
+    from gflv2_keras.ops.boxes import pairwise_iou
+
+    order = np.argsort(-detections["confidence"])
+    boxes = detections["boxes"][order]
+    overlaps = np.asarray(pairwise_iou(boxes, boxes)) if len(boxes) else np.zeros((0, 0))
+    keep = [i for i in range(len(boxes)) if not np.any(overlaps[i, :i] > iou_threshold)]
+    return {k: v[order][keep] for k, v in detections.items()}
 
 
 def _jsonable(spec):
