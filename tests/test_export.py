@@ -346,6 +346,18 @@ def test_cli_relative_output_mounts_from_pwd():
 
 SUBPROCESS_SCRIPT = r"""
 import json, sys, time
+
+
+class _NoProject:
+    # The package may be installed (editable) in this environment; a serving process must not
+    # depend on it, so refuse it before anything is imported.
+    def find_spec(self, name, path=None, target=None):
+        if name == "gflv2_keras" or name.startswith("gflv2_keras."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoProject())
 try:
     import gflv2_keras
 except ModuleNotFoundError:
