@@ -54,18 +54,7 @@ EXPECTED_OUTPUTS = {
 
 
 # ---------------------------------------------------------------------------------- helpers
-def graph_op_types(saved_model_dir):
-    """Every op type in a SavedModel's graphs and function library, read from the proto."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString((Path(saved_model_dir) / "saved_model.pb").read_bytes())
-    types = set()
-    for graph in proto.meta_graphs:
-        types.update(node.op for node in graph.graph_def.node)
-        for function in graph.graph_def.library.function:
-            types.update(node.op for node in function.node_def)
-    return types
+graph_op_types = export_module.saved_model_op_types
 
 
 def assert_no_custom_op(saved_model_dir):

@@ -11,7 +11,12 @@ def register(subparsers):
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations (official: 5)")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations; the median is reported")
     parser.add_argument("--dcn", action="store_true", help="also time one DCN layer at a ResNet c4 shape")
-    parser.add_argument("--skip-detector", action="store_true", help="only the DCN table")
+    parser.add_argument("--training", action="store_true",
+                        help="also time training steps (images/s) of --train-presets at --train-size")
+    parser.add_argument("--train-presets", default="gflv2_tiny_r18_demo,gflv2_r50_fpn_1x_coco")
+    parser.add_argument("--train-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    parser.add_argument("--train-batch", type=int, default=1)
+    parser.add_argument("--skip-detector", action="store_true", help="skip the inference table")
     parser.set_defaults(func=run)
 
 
@@ -30,9 +35,18 @@ def run(args):
         )
         print()
         print(format_table(rows, context))
-    if args.dcn or args.skip_detector:
+    if args.dcn:
         from gflv2_keras.benchmarks import dcn_benchmark
 
         print()
         print(dcn_benchmark.format_table(dcn_benchmark.run_dcn_benchmark()))
+    if args.training:
+        from gflv2_keras.benchmarks import training_benchmark
+        from gflv2_keras.benchmarks.inference_benchmark import machine_facts
+
+        rows = training_benchmark.run_training_benchmark(
+            [p for p in args.train_presets.split(",") if p], args.train_size[0], args.train_size[1], args.train_batch
+        )
+        print()
+        print(training_benchmark.format_table(rows, machine_facts()))
     return 0

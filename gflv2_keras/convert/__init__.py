@@ -4,6 +4,8 @@
   without executing pickled code (needs PyTorch: ``pip install 'gflv2-keras[convert]'``).
 * :func:`convert_state_dict`: strict one-to-one copy into a ``GFLV2Detector``.
 * :func:`convert_checkpoint`: file + preset → preset folder with provenance metadata.
+* :func:`load_backbone_weights`: ImageNet classification weights (torchvision / open-mmlab
+  layout) into a detector's backbone, the start of every official training recipe.
 """
 
 from gflv2_keras.convert.checkpoint import CheckpointReadError, read_official_checkpoint
@@ -13,6 +15,7 @@ from gflv2_keras.convert.mapping import (
     DCNMismatchError,
     convert_checkpoint,
     convert_state_dict,
+    load_backbone_weights,
 )
 
 __all__ = [
@@ -22,5 +25,6 @@ __all__ = [
     "DCNMismatchError",
     "convert_checkpoint",
     "convert_state_dict",
+    "load_backbone_weights",
     "read_official_checkpoint",
 ]

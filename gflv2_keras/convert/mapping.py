@@ -305,13 +305,66 @@ def convert_state_dict(detector, state_dict, source="the checkpoint"):
     if not detector.built or not detector.weights:
         detector.build_for_inference()
     rules, ignorable = collect_rules(detector)
+    assignments, ignored, legacy = _match_rules(rules, ignorable, state_dict, source, detector)
+    _assign(assignments)
+    return ConversionReport(
+        tensors=len(assignments), parameters=_parameter_count(assignments), ignored=ignored, legacy_keys=legacy,
+        dcn=dcn,
+    )
 
+
+def load_backbone_weights(detector, state_dict, source="the checkpoint"):
+    """Initialise a detector's backbone from ImageNet classification weights, strictly.
+
+    This is how every official recipe starts (``pretrained='torchvision://resnet50'`` etc.).
+    Keys may be bare (torchvision ``conv1.weight``, ``layer1.0.conv1.weight``) or carry the
+    ``backbone.`` prefix; the classifier (``fc.*``) is ignored. The deformable convs' offset
+    branches are absent from classification weights and keep their zero initialisation, as
+    in mmdet's loading; every other backbone tensor must be present with the right shape.
+
+    Returns:
+        A :class:`ConversionReport`. Raises :class:`CheckpointMismatchError` listing every
+        problem; nothing is loaded then.
+    """
+    prefixed = {}
+    for key, value in state_dict.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        key = key if key.startswith("backbone.") else "backbone." + key
+        prefixed[key] = value
+    classifier = [k for k in prefixed if k.startswith("backbone.fc.")]
+    for key in classifier:
+        del prefixed[key]
+    if not detector.built or not detector.weights:
+        detector.build_for_inference()
+    rules, ignorable = collect_rules(detector.backbone)
+    assignments, ignored, legacy = _match_rules(rules, ignorable, prefixed, source, detector, optional=_is_offset_key)
+    _assign(assignments)
+    return ConversionReport(
+        tensors=len(assignments), parameters=_parameter_count(assignments), ignored=ignored + classifier,
+        legacy_keys=legacy, dcn=None,
+    )
+
+
+def _is_offset_key(key):
+    """A DCN offset-branch tensor (``...conv_offset.weight/bias`` or legacy ``..._offset.*``)."""
+    return bool(re.search(r"(?:\.conv_offset|_offset)\.(?:weight|bias)$", key))
+
+
+def _match_rules(rules, ignorable, state_dict, source, detector, optional=lambda key: False):
+    """Pair every rule with its tensor; raise one error listing all problems.
+
+    ``optional(key)`` marks official keys that may be absent (the weight keeps its value).
+
+    Returns:
+        ``(assignments [(rule, value)], ignored keys, legacy keys used)``.
+    """
     assignments, consumed, legacy = [], set(), []
     missing, mismatched, problems = [], [], []
     for rule in rules:
         present = [k for k in rule.keys if k in state_dict]
         if not present:
-            missing.append((rule.keys[0], rule.torch_shape))
+            if not optional(rule.keys[0]):
+                missing.append((rule.keys[0], rule.torch_shape))
             continue
         if len(present) > 1:
             problems.append(f"{' and '.join(present)}: the same tensor under its official and legacy names")
@@ -356,15 +409,16 @@ def convert_state_dict(detector, state_dict, source="the checkpoint"):
             lines += [f"  {p}" for p in problems]
         lines.append("Check that the preset (backbone, num_classes) matches the checkpoint.")
         raise CheckpointMismatchError("\n".join(lines), [k for k, _ in missing], unexpected, mismatched)
+    return assignments, ignored, legacy
 
+
+def _assign(assignments):
     for rule, value in assignments:
         rule.variable.assign(np.asarray(rule.to_keras(value), dtype=rule.variable.dtype))
-    parameters = sum(
-        int(value.size) for rule, value in assignments if not rule.variable.name.startswith("moving_")
-    )
-    return ConversionReport(
-        tensors=len(assignments), parameters=parameters, ignored=ignored, legacy_keys=legacy, dcn=dcn
-    )
+
+
+def _parameter_count(assignments):
+    return sum(int(value.size) for rule, value in assignments if not rule.variable.name.startswith("moving_"))
 
 
 # ----------------------------------------------------------------------------- whole files

@@ -21,6 +21,8 @@ def add_train_arguments(parser, with_recipe=True):
     parser.add_argument("--val-annotations", help="validation annotation file")
     parser.add_argument("--val-images", help="validation image folder")
     parser.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation callback")
+    parser.add_argument("--pretrained-backbone", metavar="FILE.pth",
+                        help="ImageNet weights for the backbone (e.g. torchvision resnet50 .pth); needs PyTorch")
     return parser
 
 
@@ -35,6 +37,8 @@ def run_train(args, recipe=None):
     from gflv2_keras.training.trainer import train
 
     recipe = recipe if recipe is not None else load_recipe(args.recipe)
+    if args.pretrained_backbone:
+        recipe = {**recipe, "pretrained_backbone": args.pretrained_backbone}
     result = train(
         recipe,
         data_root=args.data_root,

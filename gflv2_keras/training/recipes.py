@@ -27,6 +27,8 @@ RECIPE_FIELDS = {
     "name": "recipe name (the file name without .py)",
     "preset": "preset name (gflv2_keras.presets) or preset folder of the model to train",
     "init_weights": "preset folder whose weights initialise the model (fine-tuning), or None: random init",
+    "pretrained_backbone": "ImageNet classification .pth (torchvision / open-mmlab layout) loaded into the "
+    "backbone before training, as the official recipes start; None: random backbone",
     "epochs": "number of training epochs",
     "lr_steps": "epochs (0-based index) from which the lr is multiplied by lr_gamma",
     "lr_gamma": "step-decay factor",
@@ -60,6 +62,7 @@ SCHEDULES = {
 
 _COCO_BASE = {
     "init_weights": None,
+    "pretrained_backbone": None,
     "lr_gamma": 0.1,
     "base_lr_per_16": 0.01,
     "momentum": 0.9,
@@ -80,8 +83,8 @@ _COCO_BASE = {
     "val_annotations": "annotations/instances_val2017.json",
     "val_images": "val2017",
     "notes": (
-        "Official: ImageNet-pretrained backbone (torchvision / open-mmlab weights), not available here: "
-        "pass init_weights (a preset folder) or train from a converted checkpoint. "
+        "Official: ImageNet-pretrained backbone (torchvision://resnet50 etc.): download that .pth and pass "
+        "--pretrained-backbone FILE (nothing is downloaded here). "
         "Batches are zero-padded to a fixed square canvas (static shapes) instead of to the largest image."
     ),
 }

@@ -281,6 +281,8 @@ def train(
         else:
             model = GFLV2Detector.from_preset(recipe["preset"], load_weights=False, **overrides)
         model.build_for_inference()
+        if recipe["pretrained_backbone"] and not recipe["init_weights"]:
+            load_pretrained_backbone(model, recipe["pretrained_backbone"])
         optimizer = CoupledSGD(schedule, momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
         model.compile(optimizer=optimizer, jit_compile=bool(jit_compile))
         optimizer.build(model.trainable_variables)
@@ -398,6 +400,15 @@ def train(
         "train_seconds": timer.total_seconds,
         "images_per_second": timer.images_per_second(),
     }
+
+
+def load_pretrained_backbone(model, path):
+    """Load ImageNet classification weights (a ``.pth``; needs PyTorch) into ``model.backbone``."""
+    from gflv2_keras.convert import load_backbone_weights, read_official_checkpoint
+
+    state_dict, _ = read_official_checkpoint(path)
+    report = load_backbone_weights(model, state_dict, source=str(path))
+    print(f"[train] backbone initialised from {path}: {report.tensors} tensors, {report.parameters:,} parameters")
 
 
 def _tensorboard_available():

@@ -28,8 +28,11 @@ def make_conv(filters, kernel_size, name, strides=1, groups=1, dcn=None):
     """A bias-free conv with symmetric padding, or a deformable conv when ``dcn`` is set.
 
     Args:
-        dcn: ``None`` or a dict ``{"modulated": bool, "deform_groups": int}`` (mmcv ``DCN``
-            is ``modulated=False``, ``DCNv2`` is ``modulated=True``).
+        dcn: ``None`` or a dict ``{"modulated": bool, "deform_groups": int, "implementation":
+            "auto" | "portable" | "custom_op"}`` (mmcv ``DCN`` is ``modulated=False``, ``DCNv2`` is
+            ``modulated=True``). ``"auto"`` (default) runs the C++ custom op when it is built and
+            the graph is not XLA-compiled, else the portable keras-ops path; exports always use
+            the portable path.
     """
     if dcn is None:
         return PaddedConv2D(filters, kernel_size, strides=strides, groups=groups, use_bias=False, name=name)
@@ -44,6 +47,7 @@ def make_conv(filters, kernel_size, name, strides=1, groups=1, dcn=None):
         deform_groups=int(dcn.get("deform_groups", 1)),
         modulated=bool(dcn.get("modulated", False)),
         use_bias=False,
+        implementation=dcn.get("implementation", "auto"),
         name=name,
     )
 
