@@ -8,6 +8,7 @@ Folders for named presets are looked up in ``$GFLV2_KERAS_HOME/presets/<name>``
 (default ``~/.cache/gflv2_keras/presets/<name>``).
 """
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -136,7 +137,7 @@ def preset_info(name):
     """The config and metadata of a named preset (copies)."""
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}. Available presets: {', '.join(list_presets())}")
-    return json.loads(json.dumps(PRESETS[name]))
+    return copy.deepcopy(PRESETS[name])
 
 
 def load_preset(cls, preset, load_weights=True, **overrides):

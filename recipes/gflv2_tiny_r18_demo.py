@@ -6,7 +6,7 @@ Data: ``gflv2 demo`` writes it (``DATA/annotations/{train,val}.json``, ``DATA/{t
 Run: ``gflv2 demo`` or ``gflv2 train --recipe gflv2_tiny_r18_demo --data-root DATA``.
 """
 
-from gflv2_keras.training.recipes import coco_recipe, run_recipe_cli
+from gflv2_keras.training.recipes import SYNTHETIC_DATA, coco_recipe, run_recipe_cli
 
 RECIPE = coco_recipe(
     "gflv2_tiny_r18_demo",
@@ -18,10 +18,7 @@ RECIPE = coco_recipe(
     warmup_iters=100,
     checkpoint_every_steps=50,
     eval_every_epochs=1,
-    train_annotations="annotations/train.json",
-    train_images="train",
-    val_annotations="annotations/val.json",
-    val_images="val",
+    **SYNTHETIC_DATA,
     notes="CPU demo: from scratch (no pretrained backbone), lr 0.06 per 16 images, 12 epochs of 600 images.",
 )
 

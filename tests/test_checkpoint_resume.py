@@ -141,7 +141,7 @@ def tiny_coco(tmp_path_factory):
 
 
 def _nano_recipe():
-    from gflv2_keras.training.recipes import coco_recipe
+    from gflv2_keras.training.recipes import SYNTHETIC_DATA, coco_recipe
 
     return coco_recipe(
         "gflv2_test_r18_nano",
@@ -156,10 +156,7 @@ def _nano_recipe():
         checkpoint_every_steps=2,
         keep_checkpoints=2,
         eval_every_epochs=0,
-        train_annotations="annotations/train.json",
-        train_images="train",
-        val_annotations="annotations/val.json",
-        val_images="val",
+        **SYNTHETIC_DATA,
     )
 
 

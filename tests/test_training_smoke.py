@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gflv2_keras.cli import main as cli_main
-from gflv2_keras.training.recipes import coco_recipe, list_recipes, load_recipe, recipes_dir
+from gflv2_keras.training.recipes import SYNTHETIC_DATA, coco_recipe, list_recipes, load_recipe, recipes_dir
 
 OFFICIAL = (
     "gflv2_r50_fpn_1x_coco",
@@ -41,10 +41,7 @@ def trained(tiny_coco, tmp_path_factory):
         warmup_iters=1,
         checkpoint_every_steps=0,
         eval_every_epochs=4,
-        train_annotations="annotations/train.json",
-        train_images="train",
-        val_annotations="annotations/val.json",
-        val_images="val",
+        **SYNTHETIC_DATA,
     )
     work_dir = tmp_path_factory.mktemp("work")
     return train(recipe, data_root=tiny_coco["root"], work_dir=str(work_dir), tensorboard=False, verbose=0)
@@ -114,3 +111,8 @@ def test_recipe_errors_name_the_problem(tmp_path):
 def test_train_cli_reports_missing_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="instances_train2017.json.*'train_annotations'"):
         cli_main(["train", "--recipe", "gflv2_r50_fpn_1x_coco", "--data-root", str(tmp_path)])
+
+
+def test_recipe_refuses_two_initialisation_sources():
+    with pytest.raises(ValueError, match="exclude each other"):
+        coco_recipe("gflv2_r50_fpn_1x_coco", init_weights="some_preset_dir", pretrained_backbone="resnet50.pth")

@@ -72,6 +72,8 @@ def _block(outputs):
 def _variant_functions(detector, inputs, image_info, mode):
     import tensorflow as tf
 
+    from gflv2_keras.ops.postprocess import postprocess
+
     height, width = inputs.shape[1], inputs.shape[2]
     sizes, points, strides = detector.points_for(height, width)
 
@@ -79,8 +81,6 @@ def _variant_functions(detector, inputs, image_info, mode):
         return detector(x, training=False)
 
     def post(outputs):
-        from gflv2_keras.ops.postprocess import postprocess
-
         return postprocess(
             outputs["scores"], outputs["box_logits"], points, strides, sizes, image_info,
             num_classes=detector.num_classes, reg_max=detector.reg_max, **detector.test_config,

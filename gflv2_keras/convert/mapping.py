@@ -207,7 +207,9 @@ def collect_rules(model):
 
 # ----------------------------------------------------------------------------- DCN layout
 _STAGE = re.compile(r"(?:^|\.)layer(\d+)\.")
-_OFFSET_WEIGHT = re.compile(r"(?:\.conv_offset|_offset)\.weight$")
+_OFFSET_PARAM = r"(?:\.conv_offset|_offset)\."  # official DCN offset branch, or mmcv's legacy name
+_OFFSET_WEIGHT = re.compile(_OFFSET_PARAM + r"weight$")
+_OFFSET_TENSOR = re.compile(_OFFSET_PARAM + r"(?:weight|bias)$")
 
 
 def _stage_of(key):
@@ -337,17 +339,12 @@ def load_backbone_weights(detector, state_dict, source="the checkpoint"):
     if not detector.built or not detector.weights:
         detector.build_for_inference()
     rules, ignorable = collect_rules(detector.backbone)
-    assignments, ignored, legacy = _match_rules(rules, ignorable, prefixed, source, detector, optional=_is_offset_key)
+    assignments, ignored, legacy = _match_rules(rules, ignorable, prefixed, source, detector, optional=_OFFSET_TENSOR.search)
     _assign(assignments)
     return ConversionReport(
         tensors=len(assignments), parameters=_parameter_count(assignments), ignored=ignored + classifier,
         legacy_keys=legacy, dcn=None,
     )
-
-
-def _is_offset_key(key):
-    """A DCN offset-branch tensor (``...conv_offset.weight/bias`` or legacy ``..._offset.*``)."""
-    return bool(re.search(r"(?:\.conv_offset|_offset)\.(?:weight|bias)$", key))
 
 
 def _match_rules(rules, ignorable, state_dict, source, detector, optional=lambda key: False):

@@ -38,14 +38,14 @@ def run(args):
     names = detector.class_names
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    failures = len(problems)
+    processed, skipped = 0, 0
     used_stems = set()
     for index, path in enumerate(paths, 1):
         try:
             loaded = read_image(path)
         except ImageReadError as error:
             print(f"[{index}/{len(paths)}] skipped {error}", file=sys.stderr)
-            failures += 1
+            skipped += 1
             continue
         for note in loaded.notes:
             print(f"[{index}/{len(paths)}] note: {path}: {note}")
@@ -68,9 +68,11 @@ def run(args):
             ],
         }
         (output / f"{stem}.json").write_text(json.dumps(record, indent=1))
+        processed += 1
         print(f"[{index}/{len(paths)}] {path}: {len(detections['boxes'])} detections -> {output / stem}.jpg/.json")
-    print(f"done: {len(paths) - (failures - len(problems))} of {len(paths)} images processed, {failures} problem(s)")
-    return 1 if failures else 0
+    problem_count = skipped + len(problems)
+    print(f"done: {processed} of {len(paths)} images processed, {problem_count} problem(s)")
+    return 1 if problem_count else 0
 
 
 def _unique_stem(stem, used):

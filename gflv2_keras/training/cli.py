@@ -33,12 +33,12 @@ def build_train_parser(prog="gflv2 train", with_recipe=True):
 
 def run_train(args, recipe=None):
     """Runs ``train`` from parsed arguments; returns the exit code."""
-    from gflv2_keras.training.recipes import load_recipe
+    from gflv2_keras.training.recipes import load_recipe, validate_recipe
     from gflv2_keras.training.trainer import train
 
     recipe = recipe if recipe is not None else load_recipe(args.recipe)
     if args.pretrained_backbone:
-        recipe = {**recipe, "pretrained_backbone": args.pretrained_backbone}
+        recipe = validate_recipe({**recipe, "pretrained_backbone": args.pretrained_backbone}, "--pretrained-backbone")
     result = train(
         recipe,
         data_root=args.data_root,

@@ -55,6 +55,14 @@ RECIPE_FIELDS = {
     "notes": "deviations from the official recipe",
 }
 
+# Where ``gflv2_keras.data.synthetic.make_synthetic_coco`` writes its splits (relative to its root).
+SYNTHETIC_DATA = {
+    "train_annotations": "annotations/train.json",
+    "train_images": "train",
+    "val_annotations": "annotations/val.json",
+    "val_images": "val",
+}
+
 SCHEDULES = {
     "1x": {"epochs": 12, "lr_steps": [8, 11], "multiscale_range": None},
     "ms2x": {"epochs": 24, "lr_steps": [16, 22], "multiscale_range": [480, 960]},
@@ -131,6 +139,8 @@ def validate_recipe(recipe, source="recipe"):
         ("keep_checkpoints", recipe["keep_checkpoints"] >= 1),
         ("eval_every_epochs", recipe["eval_every_epochs"] >= 0),
     ]
+    if recipe["init_weights"] and recipe["pretrained_backbone"]:
+        raise ValueError(f"{source}: init_weights (whole model) and pretrained_backbone exclude each other")
     for field, ok in checks:
         if not ok:
             raise ValueError(f"{source}: invalid value of {field!r}: {recipe[field]!r}")

@@ -281,7 +281,7 @@ def train(
         else:
             model = GFLV2Detector.from_preset(recipe["preset"], load_weights=False, **overrides)
         model.build_for_inference()
-        if recipe["pretrained_backbone"] and not recipe["init_weights"]:
+        if recipe["pretrained_backbone"]:
             load_pretrained_backbone(model, recipe["pretrained_backbone"])
         optimizer = CoupledSGD(schedule, momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
         model.compile(optimizer=optimizer, jit_compile=bool(jit_compile))
