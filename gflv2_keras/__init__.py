@@ -12,7 +12,7 @@ _LAZY = {
     "GFLV2Detector": ("gflv2_keras.models.detector", "GFLV2Detector"),
     "DeformConv2D": ("gflv2_keras.layers.deform_conv2d", "DeformConv2D"),
     "list_presets": ("gflv2_keras.presets", "list_presets"),
-    "losses": ("gflv2_keras.ops.losses", None),
+    "losses": ("gflv2_keras.losses", None),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

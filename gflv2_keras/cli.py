@@ -1,4 +1,4 @@
-"""The ``gflv2`` command: ``demo | train | evaluate | predict | export | convert | benchmark | presets``.
+"""The ``gflv2`` command: ``demo | train | evaluate | predict | export | convert | benchmark | presets | recipes``.
 
 Each command lives in its own module exposing ``register(subparsers)``, which adds a
 sub-parser whose ``func(args) -> int`` runs it. Modules are imported lazily so a command's
@@ -20,6 +20,7 @@ COMMANDS = {
     "convert": "gflv2_keras.convert.cli",
     "benchmark": "gflv2_keras.benchmarks.cli",
     "presets": "gflv2_keras.presets_cli",
+    "recipes": "gflv2_keras.recipes.cli",
 }
 
 

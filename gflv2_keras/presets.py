@@ -25,11 +25,11 @@ COCO_CLASSES = (
     "hair drier", "toothbrush",
 )  # fmt: skip
 
-_DCN = {"modulated": False, "deform_groups": 1}  # mmcv type='DCN' is DCNv1 (spec 0.2)
+_DCN = {"modulated": False, "deform_groups": 1}  # mmcv type='DCN' is DCNv1 (docs/parity.md)
 _OFFICIAL_SOURCE = "implus/GFocalV2 (MMDetection 2.6 fork), configs/gfocal/"
 
 
-def _coco_preset(backbone, config_file, ap_minival, ap_test_dev, fps, multiscale, params, link, description):
+def _coco_preset(backbone, config_file, recipe, ap_minival, ap_test_dev, fps, multiscale, params, link, description):
     return {
         "config": {
             "backbone": backbone,
@@ -48,7 +48,7 @@ def _coco_preset(backbone, config_file, ap_minival, ap_test_dev, fps, multiscale
             "multiscale_training": multiscale,
             "official_params": params,
             "checkpoint_url": link,
-            "recipe": config_file.replace("gfocal_", "gflv2_").replace(".py", "_coco"),
+            "recipe": recipe,
         },
     }
 
@@ -59,34 +59,34 @@ _DRIVE = "https://drive.google.com/file/d/{}/view"
 
 PRESETS = {
     "gflv2_r50_fpn_1x_coco": _coco_preset(
-        _R50, "gfocal_r50_fpn_1x.py", 41.0, 41.1, 19.4, False, 32_444_251,
+        _R50, "gfocal_r50_fpn_1x.py", "gflv2_r50_fpn_1x_coco", 41.0, 41.1, 19.4, False, 32_444_251,
         _DRIVE.format("1wSE9-c7tcQwIDPC6Vm_yfOokdPfmYmy7"), "GFLv2, ResNet-50 FPN, 1x schedule, COCO",
     ),
     "gflv2_r50_fpn_ms2x_coco": _coco_preset(
-        _R50, "gfocal_r50_fpn_ms2x.py", 43.9, 44.4, 19.4, True, 32_444_251,
+        _R50, "gfocal_r50_fpn_ms2x.py", "gflv2_r50_fpn_ms2x_coco", 43.9, 44.4, 19.4, True, 32_444_251,
         _DRIVE.format("17-1cKRdR5J3SfZ9NBCwe6QE554uTS30F"), "GFLv2, ResNet-50 FPN, multi-scale 2x, COCO",
     ),
     "gflv2_r101_fpn_ms2x_coco": _coco_preset(
-        _R101, "gfocal_r101_fpn_ms2x.py", 45.8, 46.0, 14.6, True, 51_436_379,
+        _R101, "gfocal_r101_fpn_ms2x.py", "gflv2_r101_fpn_ms2x_coco", 45.8, 46.0, 14.6, True, 51_436_379,
         _DRIVE.format("1qomgA7mzKW0bwybtG4Avqahv67FUxmNx"), "GFLv2, ResNet-101 FPN, multi-scale 2x, COCO",
     ),
     "gflv2_r101_dcn_fpn_ms2x_coco": _coco_preset(
         {**_R101, "stage_with_dcn": [False, True, True, True], "dcn": _DCN},
-        "gfocal_r101_dcn_fpn_ms2x.py", 48.0, 48.2, 12.7, True, 52_722_551,
+        "gfocal_r101_dcn_fpn_ms2x.py", "gflv2_r101_dcn_fpn_ms2x_coco", 48.0, 48.2, 12.7, True, 52_722_551,
         _DRIVE.format("1xsBjxmqsJoYZYPMr0k06X5K9nnPrexcx"),
         "GFLv2, ResNet-101 with DCN (v1, as configured) in c3-c5, multi-scale 2x, COCO",
     ),
     "gflv2_x101_32x4d_dcn_fpn_ms2x_coco": _coco_preset(
         {"type": "resnext", "depth": 101, "groups": 32, "base_width": 4,
          "stage_with_dcn": [False, False, True, True], "dcn": _DCN},
-        "gfocal_x101_dcn_fpn_ms2x.py", 48.8, 49.0, 10.7, True, 53_470_767,
+        "gfocal_x101_dcn_fpn_ms2x.py", "gflv2_x101_32x4d_dcn_fpn_ms2x_coco", 48.8, 49.0, 10.7, True, 53_470_767,
         _DRIVE.format("1AHDVQoclYPSP0Ync2a5FCsr_rhq2QdMH"),
         "GFLv2, ResNeXt-101 32x4d with DCN (v1, as configured) in c4-c5, multi-scale 2x, COCO",
     ),
     "gflv2_r2_101_dcn_fpn_ms2x_coco": _coco_preset(
         {"type": "res2net", "depth": 101, "scales": 4, "base_width": 26,
          "stage_with_dcn": [False, False, True, True], "dcn": _DCN},
-        "gfocal_r2n101_dcn_fpn_ms2x.py", 49.9, 50.5, 10.9, True, 53_580_319,
+        "gfocal_r2n101_dcn_fpn_ms2x.py", "gflv2_r2_101_dcn_fpn_ms2x_coco", 49.9, 50.5, 10.9, True, 53_580_319,
         _DRIVE.format("1sAXfYLXIxZgMrC44LBqDgfYImThZ_kud"),
         "GFLv2, Res2Net-101 v1d 26w4s with DCN (v1, as configured) in c4-c5, multi-scale 2x, COCO",
     ),

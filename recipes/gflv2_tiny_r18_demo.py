@@ -6,21 +6,10 @@ Data: ``gflv2 demo`` writes it (``DATA/annotations/{train,val}.json``, ``DATA/{t
 Run: ``gflv2 demo`` or ``gflv2 train --recipe gflv2_tiny_r18_demo --data-root DATA``.
 """
 
-from gflv2_keras.training.recipes import SYNTHETIC_DATA, coco_recipe, run_recipe_cli
+from gflv2_keras.recipes import get_recipe
+from gflv2_keras.training.cli import run_recipe_cli
 
-RECIPE = coco_recipe(
-    "gflv2_tiny_r18_demo",
-    epochs=12,
-    lr_steps=[9, 11],
-    base_lr_per_16=0.06,  # 0.03 at batch 8: from-scratch tiny nets like a higher lr (official: 0.01)
-    batch_per_replica=8,
-    scale=[256, 256],
-    warmup_iters=100,
-    checkpoint_every_steps=50,
-    eval_every_epochs=1,
-    **SYNTHETIC_DATA,
-    notes="CPU demo: from scratch (no pretrained backbone), lr 0.06 per 16 images, 12 epochs of 600 images.",
-)
+RECIPE = get_recipe("gflv2_tiny_r18_demo")  # defined in gflv2_keras/recipes/catalog.py, shipped with the package
 
 if __name__ == "__main__":
     run_recipe_cli(RECIPE)

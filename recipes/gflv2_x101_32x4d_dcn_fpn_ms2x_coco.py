@@ -4,9 +4,10 @@ Run: ``gflv2 train --recipe gflv2_x101_32x4d_dcn_fpn_ms2x_coco --data-root COCO_
 or ``python recipes/gflv2_x101_32x4d_dcn_fpn_ms2x_coco.py --data-root COCO_ROOT``.
 """
 
-from gflv2_keras.training.recipes import coco_recipe, run_recipe_cli
+from gflv2_keras.recipes import get_recipe
+from gflv2_keras.training.cli import run_recipe_cli
 
-RECIPE = coco_recipe("gflv2_x101_32x4d_dcn_fpn_ms2x_coco", schedule="ms2x")
+RECIPE = get_recipe("gflv2_x101_32x4d_dcn_fpn_ms2x_coco")  # defined in gflv2_keras/recipes/catalog.py, shipped with the package
 
 if __name__ == "__main__":
     run_recipe_cli(RECIPE)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gflv2_keras.ops import boxes
-from gflv2_keras.ops.atss import atss_assign
+from gflv2_keras.assigners.atss import atss_assign
 
 IMAGE_HW = (256, 320)
 NUM_CLASSES = 7

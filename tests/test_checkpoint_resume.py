@@ -141,7 +141,7 @@ def tiny_coco(tmp_path_factory):
 
 
 def _nano_recipe():
-    from gflv2_keras.training.recipes import SYNTHETIC_DATA, coco_recipe
+    from gflv2_keras.recipes import SYNTHETIC_DATA, coco_recipe
 
     return coco_recipe(
         "gflv2_test_r18_nano",

@@ -4,7 +4,7 @@ PyTorch implementation of the official model (``tests/torch_reference``).
 Parity: a random reference model is saved as an official-format checkpoint, converted, loaded
 with ``GFLV2Detector.from_preset(DIR)`` and run on the same normalised input. Joint scores and
 box logits must agree within 1e-4 (Keras float32 vs the float64 reference), and detections from
-the reference post-processing (spec 4, NumPy) must equal those of the Keras post-processing:
+the reference post-processing (``GFocalHead._get_bboxes_single``, NumPy) must equal those of the Keras post-processing:
 same count and labels, boxes within 1e-2 px, scores within 1e-4.
 
 Default tests use reduced models that still take every code path (Bottleneck and BasicBlock,
@@ -492,7 +492,7 @@ def test_reference_dcn_with_zero_offsets_is_a_convolution():
 def test_reference_state_dict_is_official_format():
     model = ref.build_reference({"backbone": {"type": "resnet", "depth": 50}, "num_classes": 80}, dtype=torch.float32)
     state = model.state_dict()
-    assert len(state) == 372  # spec 7.4, R50
+    assert len(state) == 372  # official R-50 GFLv2 state dict
     assert sum(p.numel() for p in model.parameters()) == 32_444_251
     assert state["bbox_head.gfl_cls.weight"].shape == (81, 256, 3, 3)
     assert state["bbox_head.scales.0.scale"].shape == ()

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from gflv2_keras.ops import boxes
-from gflv2_keras.ops.atss import atss_assign
-from gflv2_keras.ops.gfl_loss import gfl_loss, replica_mean, valid_point_mask
+from gflv2_keras.assigners.atss import atss_assign
+from gflv2_keras.losses.gfl_loss import gfl_loss, replica_mean, valid_point_mask
 from gflv2_keras.ops.integral import integral_distances
 from test_atss import IMAGE_HW, NUM_CLASSES, atss_reference, numpy_valid_points, random_gt
 from test_losses import dfl_reference, giou_loss_reference, qfl_reference
@@ -243,7 +243,7 @@ def test_replica_mean_averages_across_replicas():
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from gflv2_keras.ops.gfl_loss import replica_mean
+        from gflv2_keras.losses.gfl_loss import replica_mean
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         values = strategy.experimental_distribute_values_from_function(
             lambda ctx: tf.constant(float(ctx.replica_id_in_sync_group * 3 + 1)))  # 1 and 4

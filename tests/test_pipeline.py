@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from gflv2_keras.data import preprocess
+from gflv2_keras.models import preprocessing as preprocess
 from gflv2_keras.data.coco import load_coco
 from gflv2_keras.data.pipeline import build_dataset, steps_per_epoch
 

@@ -1,7 +1,7 @@
 """Res2Net v1d backbone: official parameter count, shapes, layer names, config, and numerics vs NumPy.
 
 The NumPy reference follows MMDetection's ``Res2Net`` / ``Bottle2neck`` forward pass
-(spec 6.3) with PyTorch pooling semantics written out directly (``-inf`` max-pool padding,
+(``mmdet/models/backbones/res2net.py``) with PyTorch pooling semantics written out directly (``-inf`` max-pool padding,
 ``count_include_pad`` averaging, ``ceil_mode`` windows), in float64 on tiny shapes.
 """
 
@@ -214,7 +214,7 @@ def test_param_count_of_dcn_preset_matches_official():
 
 
 def official_backbone_keys():
-    """``backbone.*`` state-dict keys and PyTorch shapes of Res2Net-101 26w4s (spec 7.1), no DCN."""
+    """``backbone.*`` state-dict keys and PyTorch shapes of Res2Net-101 26w4s (``Res2Net.state_dict`` of the official code), no DCN."""
     keys = {}
 
     def conv(name, cout, cin, k):

@@ -2,12 +2,15 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
+
 import pytest
 
 from gflv2_keras.cli import main as cli_main
-from gflv2_keras.training.recipes import SYNTHETIC_DATA, coco_recipe, list_recipes, load_recipe, recipes_dir
+from gflv2_keras.presets import PRESETS
+from gflv2_keras.recipes import SYNTHETIC_DATA, coco_recipe, list_recipes, load_recipe
 
 OFFICIAL = (
     "gflv2_r50_fpn_1x_coco",
@@ -83,7 +86,8 @@ def test_run_leaves_checkpoints_logs_and_a_loadable_preset(trained, tiny_coco, c
 
 def test_every_official_row_and_the_demo_have_a_recipe():
     assert set(OFFICIAL) | {"gflv2_tiny_r18_demo"} <= set(list_recipes())
-    one_x, ms2x = load_recipe("gflv2_r50_fpn_1x_coco"), load_recipe(str(recipes_dir() / "gflv2_r101_fpn_ms2x_coco.py"))
+    repo_recipes = Path(__file__).resolve().parents[1] / "recipes"
+    one_x, ms2x = load_recipe("gflv2_r50_fpn_1x_coco"), load_recipe(str(repo_recipes / "gflv2_r101_fpn_ms2x_coco.py"))
     assert (one_x["epochs"], one_x["lr_steps"], one_x["multiscale_range"]) == (12, [8, 11], None)
     assert (ms2x["epochs"], ms2x["lr_steps"], ms2x["multiscale_range"]) == (24, [16, 22], [480, 960])
     for name in OFFICIAL:
@@ -94,12 +98,19 @@ def test_every_official_row_and_the_demo_have_a_recipe():
         assert recipe["official_config"].endswith(".py")
 
 
+def test_every_preset_names_a_recipe_that_exists():
+    named = {name: info["metadata"]["recipe"] for name, info in PRESETS.items() if "recipe" in info["metadata"]}
+    assert set(OFFICIAL) | {"gflv2_tiny_r18_demo"} <= set(named)
+    for preset, recipe in named.items():
+        assert load_recipe(recipe)["preset"] == preset
+
+
 def test_recipe_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="Unknown recipe 'nope'.*gflv2_r50_fpn_1x_coco"):
         load_recipe("nope")
     bad = tmp_path / "bad.py"
     bad.write_text(
-        "from gflv2_keras.training.recipes import coco_recipe\n"
+        "from gflv2_keras.recipes import coco_recipe\n"
         "RECIPE = dict(coco_recipe('gflv2_r50_fpn_1x_coco'), learning_rate=0.1)\n"
     )
     with pytest.raises(ValueError, match=r"bad\.py: missing fields \[\], unknown fields \['learning_rate'\]"):

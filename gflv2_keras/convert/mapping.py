@@ -267,7 +267,7 @@ def check_dcn_layout(model, state_dict, source="the checkpoint"):
         f"{source} has {describe_dcn_layout(found)}, but the preset's backbone {config} expects "
         f"{describe_dcn_layout(expected)}.\n"
         "The official 'dcnv2' GFocalV2 models are configured with mmcv type='DCN', which is DCNv1 "
-        "(18 offset channels): R-101 in c3-c5, X-101 and R2-101 in c4-c5 only (spec 0.2). Pick the "
+        "(18 offset channels): R-101 in c3-c5, X-101 and R2-101 in c4-c5 only (docs/parity.md, DCN in the official configs). Pick the "
         "preset that matches the checkpoint, or override the backbone's 'stage_with_dcn' and "
         "'dcn' ({'modulated': True} for 27 offset channels)."
     )

@@ -7,7 +7,7 @@ index ``i`` is the file's ``category_ids[i]`` (category ids sorted ascending), a
 ``cat2label``.
 
 Filtering follows the official loader (``CocoDataset._parse_ann_info`` / ``_filter_imgs`` of
-mmdet v2.6, spec section 1.6):
+mmdet v2.6, ``mmdet/datasets/coco.py CocoDataset._parse_ann_info``):
 * ``iscrowd`` (and ``ignore``) annotations are dropped;
 * degenerate annotations are dropped: ``area <= 0``, ``w < 1``, ``h < 1`` or no intersection
   with the image;

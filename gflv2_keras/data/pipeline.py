@@ -1,4 +1,5 @@
-"""tf.data input pipeline of the official train (and test) recipe, spec section 1.6.
+"""tf.data input pipeline of the official train (and test) recipe
+(``configs/gfocal/gfocal_r50_fpn_1x.py`` ``train_pipeline``).
 
 Per image: decode (JPEG / PNG / BMP / GIF, grayscale and RGBA become RGB) → keep-ratio resize
 on the uint8 grid (``preprocess.resize_image``), to ``scale`` or, for the ms2x recipes, to a
@@ -27,7 +28,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from gflv2_keras.data import preprocess
+from gflv2_keras.models import preprocessing as preprocess
 from gflv2_keras.data.coco import check_image_files
 
 logger = logging.getLogger(__name__)

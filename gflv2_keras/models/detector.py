@@ -4,7 +4,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from gflv2_keras.data.preprocess import DEFAULT_SCALE, preprocess_images
+from gflv2_keras.models.preprocessing import DEFAULT_SCALE, preprocess_images
 from gflv2_keras.models.backbones import build_backbone
 from gflv2_keras.models.fpn import FPN
 from gflv2_keras.models.gfl_head import GFLHead
@@ -121,7 +121,7 @@ class GFLV2Detector(keras.Model):
             ``scale_loss_for_distribution``). The logged ``loss``/``qfl``/``dfl``/``giou`` are unscaled,
             so they read the same with any number of replicas.
         """
-        from gflv2_keras.ops.gfl_loss import gfl_loss, valid_point_mask
+        from gflv2_keras.losses.gfl_loss import gfl_loss, valid_point_mask
 
         del training
         if sample_weight is not None:
@@ -132,7 +132,7 @@ class GFLV2Detector(keras.Model):
         if not (isinstance(height, int) and isinstance(width, int)):
             raise ValueError(
                 f"GFLV2Detector.compute_loss: the input height and width must be static, got {x.shape}; "
-                "pad training batches to a fixed size (gflv2_keras.training.trainer.pad_to_canvas)"
+                "pad training batches to a fixed size (gflv2_keras.data.canvas.pad_to_canvas)"
             )
         sizes, points, point_strides = self.points_for(height, width)
         gt_classes = ops.cast(y["classes"], "int32")

@@ -4,10 +4,10 @@ Per level (shared weights, per-level learnable ``Scale``):
 
 * ``cls_convs``/``reg_convs``: ``stacked_convs`` x (3x3 conv without bias, GroupNorm 32, ReLU).
 * ``gfl_cls``: 3x3 conv → ``cls_channels`` logits. GFLv2 keeps the official redundant extra
-  background channel (81 for COCO, spec 0.1) so official weights load; it is never predicted.
+  background channel (81 for COCO, docs/parity.md) so official weights load; it is never predicted.
 * ``gfl_reg``: 3x3 conv → ``4 * (reg_max + 1)`` logits, side-major ``(left, top, right, bottom) x bins``,
   multiplied by the level's ``Scale``.
-* GFLv2 quality (DGQP, spec 2.1 step 5): per side ``softmax`` of the scaled logits, its top-4
+* GFLv2 quality (DGQP, ``GFocalHead.forward_single``): per side ``softmax`` of the scaled logits, its top-4
   probabilities and their mean (20 values) → 1x1 conv 20→64, ReLU, 1x1 conv 64→1, sigmoid.
   The joint score is ``sigmoid(cls_logits) * quality``. GFLv1: ``sigmoid(cls_logits)``.
 

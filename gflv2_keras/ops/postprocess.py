@@ -1,4 +1,5 @@
-"""Inference post-processing of the official test path (spec section 4).
+"""Inference post-processing of the official test path (``GFocalHead._get_bboxes_single`` +
+``mmdet/core/post_processing/bbox_nms.py multiclass_nms``; ``docs/parity.md``, Post-processing).
 
 Per image: per-level top-``nms_pre`` points by their best class score, integral decoding times
 stride, boxes clipped to the resized (unpadded) image, rescaled to original pixels, every

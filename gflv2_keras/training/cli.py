@@ -6,7 +6,7 @@ import argparse
 def add_train_arguments(parser, with_recipe=True):
     """The options of ``gflv2 train`` (``with_recipe=False``: a recipe file's own command line)."""
     if with_recipe:
-        parser.add_argument("--recipe", required=True, help="recipe name (recipes/NAME.py) or path of a recipe file")
+        parser.add_argument("--recipe", required=True, help="recipe name (see `gflv2 recipes`) or path of a .py file defining RECIPE")
     parser.add_argument("--data-root", help="dataset folder; COCO layout: annotations/instances_train2017.json, train2017/")
     parser.add_argument("--work-dir", help="output folder (default work_dirs/RECIPE)")
     parser.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
@@ -33,7 +33,7 @@ def build_train_parser(prog="gflv2 train", with_recipe=True):
 
 def run_train(args, recipe=None):
     """Runs ``train`` from parsed arguments; returns the exit code."""
-    from gflv2_keras.training.recipes import load_recipe, validate_recipe
+    from gflv2_keras.recipes import load_recipe, validate_recipe
     from gflv2_keras.training.trainer import train
 
     recipe = recipe if recipe is not None else load_recipe(args.recipe)
@@ -63,6 +63,15 @@ def run_train(args, recipe=None):
         + f"work dir {result['work_dir']}"
     )
     return 0
+
+
+def run_recipe_cli(recipe, argv=None):
+    """``python recipes/NAME.py --data-root DIR [...]``: the ``gflv2 train`` options for one recipe."""
+    import sys
+
+    parser = build_train_parser(prog=f"python recipes/{recipe['name']}.py", with_recipe=False)
+    args = parser.parse_args(argv)
+    sys.exit(run_train(args, recipe=recipe))
 
 
 def register(subparsers):

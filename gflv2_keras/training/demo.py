@@ -38,7 +38,7 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False):
         ``picture``, ``preset_dir``, ``images_per_second``.
     """
     from gflv2_keras.data.synthetic import make_synthetic_coco
-    from gflv2_keras.training.recipes import load_recipe
+    from gflv2_keras.recipes import load_recipe
     from gflv2_keras.training.trainer import train
 
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """SGD with momentum and *coupled* L2 weight decay: the official recipe's ``torch.optim.SGD``.
 
-mmdet trains GFLv2 with ``torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-4)`` (spec §1.7),
+mmdet trains GFLv2 with ``torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-4)`` (``configs/gfocal/gfocal_r50_fpn_1x.py``),
 whose update for a parameter ``w`` with gradient ``g`` and learning rate ``lr`` is::
 
     d = g + weight_decay * w          # L2 added to the gradient, *before* momentum

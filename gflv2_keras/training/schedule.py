@@ -1,4 +1,4 @@
-"""The official learning-rate policy: mmcv linear warm-up, then step decay by epoch (spec §1.7)."""
+"""The official learning-rate policy: mmcv linear warm-up, then step decay by epoch (``mmcv/runner/hooks/lr_updater.py``)."""
 
 import keras
 from keras import ops

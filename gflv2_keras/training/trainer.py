@@ -1,6 +1,6 @@
 """The one trainer of every recipe: strategy, data, model, optimiser, callbacks, ``fit``, preset.
 
-``train(recipe, data_root, ...)`` runs a recipe (``training.recipes``) end to end:
+``train(recipe, data_root, ...)`` runs a recipe (``gflv2_keras.recipes``) end to end:
 
 1. a ``tf.distribute`` strategy (``none``, ``mirrored`` over the GPUs or N logical CPU devices,
    ``multi-worker`` from ``TF_CONFIG``);
@@ -22,7 +22,6 @@ the ``tensorboard`` package is installed), ``preset/``, ``recipe.json``, ``histo
 """
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from gflv2_keras.data.canvas import pad_to_canvas, training_canvas
 from gflv2_keras.training.checkpoint import CheckpointCallback, latest_checkpoint, restore_checkpoint
 from gflv2_keras.training.optimizer import CoupledSGD
 from gflv2_keras.training.schedule import WarmupStepDecay, scale_learning_rate
@@ -92,38 +92,6 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
-
-
-def training_canvas(scale, multiscale_range=None, divisor=32):
-    """``(H, W)`` of the fixed training canvas: a square of the longest resized side.
-
-    Every resized image fits in it whatever its orientation: its long side is at most
-    ``max(scale)`` (also with a multi-scale range, whose long side stays capped at
-    ``max(scale)``), rounded up to the size divisor.
-    """
-    del multiscale_range
-    side = int(math.ceil(max(scale) / divisor) * divisor)
-    return side, side
-
-
-def pad_to_canvas(dataset, canvas):
-    """Zero-pads every batch of a ``build_dataset`` stream to ``canvas`` (bottom / right).
-
-    The padded points lie outside each image's ``image_shape`` and so are invalid for the loss,
-    exactly like the official padding of a batch to its largest image (spec §3.1). A batch
-    whose images do not fit raises an ``InvalidArgumentError`` naming the sizes.
-    """
-    height, width = canvas
-
-    def pad(images, targets):
-        shape = tf.shape(images)
-        tf.debugging.assert_less_equal(
-            shape[1:3], tf.constant([height, width]), message=f"training batch larger than the canvas {canvas}"
-        )
-        images = tf.pad(images, [[0, 0], [0, height - shape[1]], [0, width - shape[2]], [0, 0]])
-        return tf.ensure_shape(images, [None, height, width, 3]), targets
-
-    return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 class LearningRateLogger(keras.callbacks.Callback):

@@ -1,6 +1,7 @@
 """An independent PyTorch implementation of the official GFocalV2 forward pass, for parity tests.
 
-Written from the reference specification (``gflv2_spec.md`` sections 1.2-1.4, 2, 4, 5, 6, 7) in
+Written from the official code (``mmdet/models/backbones/{resnet,resnext,res2net}.py``,
+``necks/fpn.py``, ``dense_heads/gfocal_head.py``, mmcv ``ops/deform_conv.py``; ``docs/parity.md``) in
 plain ``torch.nn``, without MMDetection/mmcv/torchvision and without looking at the Keras code.
 Module attribute names are the official ones, so ``model.state_dict()`` has exactly the keys
 and shapes of an official checkpoint (``backbone.layer1.0.conv1.weight``,
@@ -11,7 +12,7 @@ Covered: ResNet-18/34/50/101 and ResNeXt ('pytorch' style: the stride sits on th
 Res2Net v1d (deep stem, avg-pool shortcut, 'stage'/'normal' Bottle2neck), DCNv1/DCNv2 in any
 stage (mmcv ``DeformConv2dPack`` / ``ModulatedDeformConv2dPack``), FPN (start level 1, extra
 convs on the P5 output), the GFL head with DGQP and the redundant extra class channel, and the
-test-time post-processing of spec section 4 (:func:`postprocess`).
+test-time post-processing of ``GFocalHead._get_bboxes_single`` (:func:`postprocess`).
 
 Everything runs in whatever dtype the module has; the tests use float64 so that the reference
 is exact to ~1e-12 and the measured difference is the Keras float32 error alone. (The official
@@ -44,8 +45,8 @@ class DeformConv2dPack(nn.Module):
     off unless asked), and ``conv_offset``: an ungrouped ``nn.Conv2d(in, G*{2|3}*k*k, k)`` with
     the main conv's stride/padding, with bias.
 
-    Offsets (spec 5.1): per deform group ``g`` and tap ``t = i*k + j``, channel ``(g*k*k + t)*2``
-    is dy and ``+1`` is dx. DCNv2 (spec 5.2) splits its 27 channels into o1, o2, m (9 each),
+    Offsets (mmcv ``deform_conv_cuda_kernel.cuh``): per deform group ``g`` and tap ``t = i*k + j``, channel ``(g*k*k + t)*2``
+    is dy and ``+1`` is dx. DCNv2 (mmcv ``ModulatedDeformConv2dPack``) splits its 27 channels into o1, o2, m (9 each),
     reads ``cat(o1, o2)`` with that same interleaved layout and multiplies tap ``t`` by
     ``sigmoid(m)[t]``. Sampling: tap (i, j) of output (ho, wo) reads
     ``y = ho*stride - pad + i + dy``, ``x = wo*stride - pad + j + dx`` bilinearly, every corner
@@ -211,7 +212,7 @@ class Bottleneck(nn.Module):
 
 
 class Bottle2neck(nn.Module):
-    """Res2Net v1d block (spec 6.3): ``convs.0..scales-2`` / ``bns.*`` replace conv2/bn2."""
+    """Res2Net v1d block (``mmdet/models/backbones/res2net.py Bottle2neck``): ``convs.0..scales-2`` / ``bns.*`` replace conv2/bn2."""
 
     expansion = 4
 
@@ -355,7 +356,7 @@ class Integral(nn.Module):
 
 
 class GFocalHead(nn.Module):
-    """GFLv2 head (spec 2.1). ``forward`` returns per level ``(cls_score (N, C', H, W) joint
+    """GFLv2 head (``GFocalHead.forward_single``). ``forward`` returns per level ``(cls_score (N, C', H, W) joint
     probability, bbox_pred (N, 4*(R+1), H, W) scaled logits)``, ``C' = num_classes + 1`` with DGQP."""
 
     def __init__(self, num_classes, in_channels, feat_channels=256, stacked_convs=4, norm_groups=32, reg_max=16,
@@ -504,7 +505,7 @@ def save_checkpoint(model, path, meta=None, **save_kwargs):
 # ===================================================================================== post-processing
 def postprocess(level_outputs, image_shape, scale_factor, num_classes, strides=STRIDES, nms_pre=1000,
                 score_thr=0.05, iou_thr=0.6, max_per_img=100):
-    """Official test-time post-processing for image 0 (spec 4.1), in float64 NumPy.
+    """Official test-time post-processing for image 0 (``GFocalHead._get_bboxes_single``), in float64 NumPy.
 
     Args:
         level_outputs: the model's per-level ``(cls_score, bbox_pred)``.

@@ -1,4 +1,4 @@
-"""Res2Net v1d backbone (``Res2Net-101 26w x 4s``) in the official MMDetection layout (spec 6.3).
+"""Res2Net v1d backbone (``Res2Net-101 26w x 4s``) in the official MMDetection layout (``mmdet/models/backbones/res2net.py``).
 
 * Input: normalised float images ``[B, H, W, 3]`` (NHWC).
 * Output: ``[C3, C4, C5]`` (strides 8, 16, 32) with ``8, 16, 32 x base_channels`` channels
@@ -65,7 +65,7 @@ class Bottle2neck(_Block):
         if stage_type not in STAGE_TYPES:
             raise ValueError(f"stage_type must be one of {STAGE_TYPES}, got {stage_type!r}")
         if stride not in (1, 2):
-            # The AvgPool equivalences below (spec 6.4) are only exact for strides 1 and 2.
+            # The AvgPool equivalences below (docs/parity.md, Padding) are only exact for strides 1 and 2.
             raise ValueError(f"Bottle2neck supports stride 1 or 2, got {stride}")
         self.in_channels = int(in_channels)
         self.planes = int(planes)
@@ -103,7 +103,7 @@ class Bottle2neck(_Block):
     def shortcut(self, x, training):
         if self.downsample is not None and self.stride == 2:
             # AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False): TF 'same' pads one
-            # trailing row/column on odd sizes and leaves it out of the divisor (spec 6.4).
+            # trailing row/column on odd sizes and leaves it out of the divisor (docs/parity.md, Padding).
             x = ops.average_pool(x, 2, strides=2, padding="same")
         return super().shortcut(x, training)
 

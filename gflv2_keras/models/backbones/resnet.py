@@ -3,7 +3,7 @@
 * Input: normalised float images ``[B, H, W, 3]`` (NHWC).
 * Output: ``[C3, C4, C5]`` feature maps (strides 8, 16, 32); C2 is computed but not returned
   because the FPN starts at level 1.
-* Every strided conv and pool pads symmetrically and explicitly (spec 6.4), so each level has
+* Every strided conv and pool pads symmetrically and explicitly (docs/parity.md, Padding), so each level has
   ``ceil(previous / 2)`` rows and samples the same pixels as PyTorch.
 * Layers are named after their official module path (``backbone.layer2.0.conv1``), so a
   PyTorch state-dict key is ``layer.name + ".weight"`` and conversion is a one-to-one mapping.

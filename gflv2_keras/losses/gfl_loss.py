@@ -1,4 +1,7 @@
-"""The GFL training loss of a batch: ATSS targets, then QFL + DFL + GIoU (spec §3.3–3.5).
+"""The GFL training loss of a batch: ATSS targets, then QFL + DFL + GIoU.
+
+Follows ``GFocalHead.loss`` and ``GFocalHead.loss_single`` (``mmdet/models/dense_heads/gfocal_head.py``);
+the normalisers and their two deliberate differences are in ``docs/parity.md`` (Loss normalisation).
 
 The official head computes the losses level by level and sums the levels; every per-level term
 is a sum over points with a global normaliser, so summing over all points at once is the same.
@@ -8,10 +11,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from gflv2_keras.ops.atss import atss_assign
+from gflv2_keras.assigners.atss import atss_assign
 from gflv2_keras.ops.boxes import aligned_iou, anchor_boxes, boxes_to_distances, distance_to_boxes
 from gflv2_keras.ops.integral import integral_distances, side_logits
-from gflv2_keras.ops.losses import distribution_focal_loss, giou_loss, quality_focal_loss
+from gflv2_keras.losses.element_losses import distribution_focal_loss, giou_loss, quality_focal_loss
 
 # Floor of the GIoU/DFL normaliser, so that a batch without positives gives 0 (numerators are 0).
 _MIN_WEIGHT_SUM = float(np.finfo(np.float32).tiny)
@@ -21,7 +24,7 @@ def replica_mean(x):
     """Mean of ``x`` over the replicas of the current ``tf.distribute`` replica context.
 
     All-reduces SUM and divides by ``num_replicas_in_sync`` (float division; the official
-    ``reduce_mean`` of an int64 tensor floor-divided, spec §3.6). Outside a replica context,
+    ``reduce_mean`` of an int64 tensor floor-divided, ``docs/parity.md``). Outside a replica context,
     or with a single replica, returns ``x`` unchanged.
     """
     context = tf.distribute.get_replica_context()
@@ -31,7 +34,7 @@ def replica_mean(x):
 
 
 def valid_point_mask(sizes, strides, image_shapes):
-    """Which points of a padded batch lie inside each image's own padded extent (spec §3.1).
+    """Which points of a padded batch lie inside each image's own padded extent (``AnchorGenerator.valid_flags``).
 
     Per level of stride ``s`` and size ``(feat_h, feat_w)``, the valid grid of an image with
     padded shape ``(pad_h, pad_w)`` is ``min(ceil(pad_h / s), feat_h)`` rows by
@@ -82,7 +85,7 @@ def gfl_loss(
       ``replica_mean(Σ weights)``.
 
     Deviations from the official code, on purpose: normalisers are averaged over replicas with
-    float division (the official int64 ``reduce_mean`` floor-divided, spec §3.6), and the
+    float division (the official int64 ``reduce_mean`` floor-divided, ``docs/parity.md``), and the
     weight normaliser is clamped to ≥ float32 ``tiny`` so a batch with no positives at all gives
     GIoU = DFL = 0 instead of the official 0/0 = NaN.
 

@@ -1,7 +1,7 @@
 """ATSS target assignment (Adaptive Training Sample Selection), vectorised over a padded batch.
 
 Follows ``mmdet/core/bbox/assigners/atss_assigner.py`` of the official GFLv2 code (topk = 9) with
-its PseudoSampler and the unmapping of ``GFocalHead._get_target_single``; see spec §3.1–3.2.
+its PseudoSampler and the unmapping of ``GFocalHead._get_target_single`` (``mmdet/models/dense_heads/gfocal_head.py``).
 Everything is computed on ``[B, M, N]`` matrices (images x ground-truth slots x points) with
 masks instead of data-dependent gathers and scatters: no shape depends on the data, so the
 function compiles with XLA.

@@ -1,15 +1,9 @@
-"""Training recipes as data: one small file per model in the repository's ``recipes/`` folder.
+"""What a training recipe is: its fields, the official COCO recipe they share, and their validation.
 
-A recipe is a plain dict (``RECIPE``) that the one trainer (``training.trainer.train``) runs.
-``coco_recipe`` holds what the official configs share (spec §1.6-1.7), so a recipe file is
-one call, e.g. ``recipes/gflv2_r50_fpn_ms2x_coco.py``::
-
-    from gflv2_keras.training.recipes import coco_recipe, run_recipe_cli
-
-    RECIPE = coco_recipe("gflv2_r50_fpn_ms2x_coco", schedule="ms2x")
-
-    if __name__ == "__main__":
-        run_recipe_cli(RECIPE)
+A recipe is a plain dict that the one trainer (``training.trainer.train``) runs. ``coco_recipe``
+holds what the official configs share (``configs/gfocal/gfocal_r50_fpn_1x.py`` of the official
+code: data pipeline, SGD, warm-up, step decay), so each named recipe is one call
+(``recipes.catalog``).
 
 Fields (``RECIPE_FIELDS`` lists them with their meaning): the preset to build, the schedule
 (epochs, decay epochs, warm-up), the optimiser (SGD momentum / coupled L2, lr per 16 images,
@@ -18,13 +12,10 @@ layout under ``--data-root``), checkpoint and evaluation intervals.
 """
 
 import copy
-import importlib.util
-import os
-from pathlib import Path
 
 # name -> meaning; every recipe has exactly these fields (``validate_recipe``).
 RECIPE_FIELDS = {
-    "name": "recipe name (the file name without .py)",
+    "name": "recipe name",
     "preset": "preset name (gflv2_keras.presets) or preset folder of the model to train",
     "init_weights": "preset folder whose weights initialise the model (fine-tuning), or None: random init",
     "pretrained_backbone": "ImageNet classification .pth (torchvision / open-mmlab layout) loaded into the "
@@ -145,50 +136,3 @@ def validate_recipe(recipe, source="recipe"):
         if not ok:
             raise ValueError(f"{source}: invalid value of {field!r}: {recipe[field]!r}")
     return recipe
-
-
-def recipes_dir():
-    """The repository's ``recipes/`` folder (next to the package; ``$GFLV2_RECIPES_DIR`` overrides)."""
-    override = os.environ.get("GFLV2_RECIPES_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2] / "recipes"
-
-
-def list_recipes():
-    """Names of the recipes in ``recipes_dir()``."""
-    folder = recipes_dir()
-    return sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_")) if folder.is_dir() else []
-
-
-def load_recipe(name_or_path):
-    """A recipe (a validated copy of the file's ``RECIPE``) by name or by file path.
-
-    A name is looked up as ``recipes_dir() / f"{name}.py"``; anything ending in ``.py`` or
-    naming an existing file is loaded as a path.
-    """
-    path = Path(name_or_path)
-    if not (str(name_or_path).endswith(".py") or path.is_file()):
-        path = recipes_dir() / f"{name_or_path}.py"
-        if not path.is_file():
-            available = ", ".join(list_recipes()) or f"none (no recipes folder at {recipes_dir()})"
-            raise ValueError(f"Unknown recipe {name_or_path!r}. Available recipes: {available}")
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"gflv2_recipe_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not isinstance(getattr(module, "RECIPE", None), dict):
-        raise ValueError(f"{path}: defines no RECIPE dict")
-    return validate_recipe(copy.deepcopy(module.RECIPE), source=str(path))
-
-
-def run_recipe_cli(recipe, argv=None):
-    """``python recipes/NAME.py --data-root DIR [...]``: the ``gflv2 train`` options for one recipe."""
-    import sys
-
-    from gflv2_keras.training.cli import build_train_parser, run_train
-
-    parser = build_train_parser(prog=f"python recipes/{recipe['name']}.py", with_recipe=False)
-    args = parser.parse_args(argv)
-    sys.exit(run_train(args, recipe=recipe))

@@ -1,6 +1,7 @@
 """Image preprocessing of the official test pipeline, shared by ``predict``, tf.data and export.
 
-Pipeline (spec section 1.6 / 10): keep-ratio resize so the image fits in ``scale`` =
+Pipeline (``configs/gfocal/gfocal_r50_fpn_1x.py`` ``test_pipeline``;
+``docs/parity.md``, Preprocessing): keep-ratio resize so the image fits in ``scale`` =
 ``(long_max, short_max)`` (1333 x 800 by default), RGB ``(x - mean) / std`` in float32,
 zero padding at the bottom/right to a multiple of 32.
 
