@@ -13,7 +13,7 @@ NUM_CLASSES = 7
 
 
 def atss_reference(anchors, num_level_points, gt_boxes, gt_classes, valid_points, num_classes, topk=9):
-    """Spec §3.1–3.2, one image and one gt at a time, in float64, following the mmdet code.
+    """``ATSSAssigner.assign`` (``mmdet/core/bbox/assigners/atss_assigner.py``), one image and one gt at a time, in float64.
 
     Only the valid anchors of an image enter the assigner (with their per-level counts); results
     are unmapped to all anchors. Ties: stable sorts and ``argmax`` give the first index.

@@ -33,7 +33,7 @@ def iou_reference(a, b):
 
 
 def gfl_loss_reference(scores, box_logits, points, strides, num_level, assignment, num_classes, weights=(1, 0.25, 2)):
-    """Spec §3.3–3.5 in float64: images_to_levels, loss_single per level, then head.loss.
+    """``GFocalHead.loss`` in float64: images_to_levels, loss_single per level, then head.loss.
 
     Returns NaN for GIoU/DFL when no image has a positive (the official 0/0).
     """
