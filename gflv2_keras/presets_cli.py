@@ -4,7 +4,7 @@ from gflv2_keras.presets import PRESETS, list_presets, preset_home
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("presets", help="list the built-in presets")
+    parser = subparsers.add_parser("presets")
     parser.set_defaults(func=run)
 
 

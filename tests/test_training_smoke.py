@@ -119,9 +119,11 @@ def test_recipe_errors_name_the_problem(tmp_path):
         coco_recipe("gflv2_r50_fpn_1x_coco", epochs=0)
 
 
-def test_train_cli_reports_missing_data(tmp_path):
-    with pytest.raises(FileNotFoundError, match="instances_train2017.json.*'train_annotations'"):
-        cli_main(["train", "--recipe", "gflv2_r50_fpn_1x_coco", "--data-root", str(tmp_path)])
+def test_train_cli_reports_missing_data_in_one_line(tmp_path, capsys):
+    assert cli_main(["train", "--recipe", "gflv2_r50_fpn_1x_coco", "--data-root", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("gflv2 train: error: ") and "\n" not in error
+    assert "instances_train2017.json" in error and "'train_annotations'" in error
 
 
 def test_recipe_refuses_two_initialisation_sources():

@@ -2,7 +2,7 @@
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("benchmark", help="time inference like the official tools/benchmark.py")
+    parser = subparsers.add_parser("benchmark")
     parser.add_argument("--preset", default="gflv2_r50_fpn_1x_coco")
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1216), metavar=("H", "W"),
                         help="input size, padded up to /32 (default 800 1216)")

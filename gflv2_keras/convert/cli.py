@@ -6,7 +6,6 @@ import sys
 def register(subparsers):
     parser = subparsers.add_parser(
         "convert",
-        help="convert an official GFocalV2 PyTorch checkpoint (.pth) into a preset folder",
         description=(
             "Convert an official GFocalV2 (MMDetection) .pth checkpoint into a preset folder that "
             "GFLV2Detector.from_preset(DIR) and every gflv2 command accept. The file is read without "

@@ -5,7 +5,7 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "evaluate", help="COCO bbox AP of a preset on an annotation file", description=__doc__
+        "evaluate", description=__doc__
     )
     parser.add_argument("--preset", required=True, help="preset name (weights in the preset home) or preset folder")
     parser.add_argument("--annotations", required=True, help="COCO annotation JSON (e.g. instances_val2017.json)")

@@ -12,7 +12,6 @@ from pathlib import Path
 def register(subparsers):
     parser = subparsers.add_parser(
         "export",
-        help="write a TF Serving SavedModel (encoded images or uint8 tensors in, detections out)",
         description="Export a detector as a TF Serving model version OUTPUT/VERSION/ "
         "(signatures serving_default: image_bytes, and image_tensor).",
     )

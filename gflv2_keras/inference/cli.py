@@ -8,7 +8,7 @@ from gflv2_keras.inference.images import ImageReadError, collect_image_paths, re
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("predict", help="detect objects in images; writes drawn pictures and JSON")
+    parser = subparsers.add_parser("predict")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--preset", required=True, help="preset name (see `gflv2 presets`) or preset folder")
     parser.add_argument("--output", default="predictions", help="output folder (default: ./predictions)")

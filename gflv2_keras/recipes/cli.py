@@ -4,7 +4,7 @@ from gflv2_keras.recipes.catalog import RECIPES, list_recipes
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("recipes", help="list the named training recipes")
+    parser = subparsers.add_parser("recipes")
     parser.set_defaults(func=run)
 
 

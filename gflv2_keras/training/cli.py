@@ -75,6 +75,6 @@ def run_recipe_cli(recipe, argv=None):
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("train", help="train a detector with a recipe", description=__doc__)
+    parser = subparsers.add_parser("train", description=__doc__)
     add_train_arguments(parser)
     parser.set_defaults(func=run_train)

@@ -146,9 +146,7 @@ def _jsonable(spec):
 
 
 def register(subparsers):
-    parser = subparsers.add_parser(
-        "demo", help="train a tiny detector on synthetic shapes (CPU) and evaluate it", description=__doc__
-    )
+    parser = subparsers.add_parser("demo", description=__doc__)
     parser.add_argument("--output", default="gflv2_demo", help="output folder (default ./gflv2_demo)")
     parser.add_argument("--epochs", type=int, help="override the demo recipe's epochs")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few images, 2 steps")
