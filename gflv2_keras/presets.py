@@ -164,17 +164,26 @@ def load_preset(cls, preset, load_weights=True, **overrides):
     return model
 
 
-def save_preset(model, directory, metadata=None):
-    """Write a preset folder that ``from_preset(directory)`` loads with no other input."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {"class_name": type(model).__name__, "config": _plain(model.get_config())}
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+def save_preset(model, directory, metadata=None, overwrite=False):
+    """Write a preset folder that ``from_preset(directory)`` loads with no other input.
+
+    The folder is written next to ``directory`` and renamed into place
+    (``utils.files.publish_directory``); an existing folder is replaced only with
+    ``overwrite=True``, else ``FileExistsError`` names it.
+    """
+    from gflv2_keras.utils.files import publish_directory
+
     if not model.built or not model.weights:
         model.build_for_inference()
-    model.save_weights(str(directory / WEIGHTS_FILE))
+    config = {"class_name": type(model).__name__, "config": _plain(model.get_config())}
     meta = {"parameters": model.count_params_official(), **(metadata or {})}
-    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+
+    def write(folder):
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        model.save_weights(str(folder / WEIGHTS_FILE))
+        (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+
+    publish_directory(directory, write, overwrite=overwrite, what="preset folder")
 
 
 def _plain(config):

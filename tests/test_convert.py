@@ -451,12 +451,29 @@ def test_cli_convert(tmp_path, capsys, nano_state):
     detector = GFLV2Detector.from_preset(str(output))
     layer = next(l for l in detector._flatten_layers() if l.name == "bbox_head.scales.2")
     assert float(layer.scale.numpy()) == pytest.approx(float(nano_state["bbox_head.scales.2.scale"]))
-    # A wrong preset fails with a message and exit status 1, writing nothing.
+    # A wrong preset fails with a message and exit status 2, writing nothing.
     wrong = tmp_path / "wrong_preset"
     args = ["convert", "--checkpoint", str(checkpoint), "--preset", "gflv2_tiny_r18_demo", "--output", str(wrong)]
-    assert cli_main(args) == 1
+    assert cli_main(args) == 2
     assert "does not match the model" in capsys.readouterr().err
     assert not wrong.exists()
+
+
+def test_cli_convert_never_replaces_an_existing_preset_without_overwrite(tmp_path, capsys, nano_state):
+    checkpoint = tmp_path / "nano.pth"
+    torch.save({"state_dict": _torch_state(nano_state)}, checkpoint)
+    output = tmp_path / "trained_preset"
+    output.mkdir()
+    (output / "model.weights.h5").write_bytes(b"the user's trained weights")
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    args = ["convert", "--checkpoint", str(checkpoint), "--preset", "gflv2_test_r18_nano", "--output", str(output)]
+    assert cli_main(args) == 2
+    error = capsys.readouterr().err
+    assert f"{output} already exists" in error and "--overwrite" in error and "Traceback" not in error
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == before
+    assert cli_main(args + ["--overwrite"]) == 0
+    assert GFLV2Detector.from_preset(str(output)).count_params_official() > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".trained_preset")]  # no staging left
 
 
 # ----------------------------------------------------------------------------- the reference itself

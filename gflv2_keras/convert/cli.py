@@ -1,7 +1,5 @@
 """``gflv2 convert --checkpoint FILE.pth --preset NAME --output DIR``."""
 
-import sys
-
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -16,17 +14,17 @@ def register(subparsers):
     parser.add_argument(
         "--preset", required=True, metavar="NAME", help="preset (architecture) of the checkpoint; see `gflv2 presets`"
     )
-    parser.add_argument("--output", required=True, metavar="DIR", help="preset folder to write")
+    parser.add_argument("--output", required=True, metavar="DIR", help="preset folder to write (must not exist)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing preset folder at --output")
     parser.set_defaults(func=run)
 
 
 def run(args):
-    from gflv2_keras.convert.checkpoint import CheckpointReadError
-    from gflv2_keras.convert.mapping import CheckpointMismatchError, convert_checkpoint
+    from gflv2_keras.cli import UserError
+    from gflv2_keras.convert.mapping import convert_checkpoint
 
     try:
-        convert_checkpoint(args.checkpoint, args.preset, args.output)
-    except (FileNotFoundError, ImportError, CheckpointReadError, CheckpointMismatchError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        convert_checkpoint(args.checkpoint, args.preset, args.output, overwrite=args.overwrite)
+    except ImportError as error:  # PyTorch is an optional extra; the message says how to install it
+        raise UserError(str(error)) from None
     return 0

@@ -429,7 +429,7 @@ def _sha256(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def convert_checkpoint(checkpoint, preset, output_dir, log=print):
+def convert_checkpoint(checkpoint, preset, output_dir, log=print, overwrite=False):
     """Convert an official ``.pth`` checkpoint into a preset folder.
 
     Builds ``preset`` (a name from ``list_presets()`` or a preset folder) with random weights,
@@ -445,7 +445,8 @@ def convert_checkpoint(checkpoint, preset, output_dir, log=print):
     Args:
         checkpoint: path to the official checkpoint (or a bare state dict file).
         preset: preset name or folder describing the architecture.
-        output_dir: folder to write.
+        output_dir: folder to write; an existing one is replaced only with ``overwrite=True``
+            (checked before the checkpoint is read, and again when writing).
         log: progress printer (``print``; pass ``lambda *_: None`` for silence).
 
     Returns:
@@ -453,6 +454,7 @@ def convert_checkpoint(checkpoint, preset, output_dir, log=print):
         "ignored", "dcn"}``.
 
     Raises:
+        FileExistsError: ``output_dir`` exists and ``overwrite`` is false.
         FileNotFoundError, ImportError, CheckpointReadError: see ``read_official_checkpoint``.
         CheckpointMismatchError / DCNMismatchError: see :func:`convert_state_dict`.
     """
@@ -462,6 +464,9 @@ def convert_checkpoint(checkpoint, preset, output_dir, log=print):
     from gflv2_keras.models.detector import GFLV2Detector
     from gflv2_keras.presets import PRESETS
 
+    from gflv2_keras.utils.files import refuse_existing
+
+    refuse_existing(output_dir, overwrite, "preset folder")
     path = Path(checkpoint)
     log(f"Reading {path} ...")
     state_dict, meta = read_official_checkpoint(path)
@@ -497,7 +502,7 @@ def convert_checkpoint(checkpoint, preset, output_dir, log=print):
         }
     )
     log(f"Writing {output_dir} ...")
-    detector.save_to_preset(str(output_dir), metadata=metadata)
+    detector.save_to_preset(str(output_dir), metadata=metadata, overwrite=overwrite)
     log(report.summary())
     log(f"Done: GFLV2Detector.from_preset({str(output_dir)!r})")
     return {

@@ -226,11 +226,14 @@ class GFLV2Detector(keras.Model):
 
         return load_preset(cls, preset, load_weights=load_weights, **overrides)
 
-    def save_to_preset(self, directory, metadata=None):
-        """Write ``config.json``, ``model.weights.h5`` and ``metadata.json`` to ``directory``."""
+    def save_to_preset(self, directory, metadata=None, overwrite=False):
+        """Write ``config.json``, ``model.weights.h5`` and ``metadata.json`` to a new folder ``directory``.
+
+        An existing folder is replaced only with ``overwrite=True`` (``FileExistsError`` otherwise).
+        """
         from gflv2_keras.presets import save_preset
 
-        save_preset(self, directory, metadata=metadata)
+        save_preset(self, directory, metadata=metadata, overwrite=overwrite)
 
     def build_for_inference(self, size=(64, 64)):
         """Create all weights by running one small forward pass; returns ``self``."""

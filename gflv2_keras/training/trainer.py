@@ -353,7 +353,7 @@ def train(
             "epochs": iteration / steps,
             "final_epoch_logs": final,
         }
-        model.save_to_preset(str(preset_dir), metadata=metadata)
+        model.save_to_preset(str(preset_dir), metadata=metadata, overwrite=True)  # the run's own folder
         print(f"[train] preset folder written: {preset_dir}")
     if chief:
         (work_dir / "history.json").write_text(json.dumps(checkpointer.history, indent=2))
