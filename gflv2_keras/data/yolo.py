@@ -144,7 +144,9 @@ def _read_yaml(path):
     except FileNotFoundError:
         raise ValueError(f"YOLO dataset file {path} does not exist") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"YOLO dataset file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML ({where}{getattr(e, 'problem', None) or e})") from None
     if not isinstance(config, dict):
         raise ValueError(f"YOLO dataset file {path}: expected a mapping with 'names', 'train', 'val'")
     return config
