@@ -134,3 +134,22 @@ def test_records_feed_the_input_pipeline(layouts):
     counts = [len(r["labels"]) for r in yolo.records[:2]]
     for row, count in enumerate(counts):
         assert int(tf.reduce_sum(tf.cast(targets["boxes"][row, :, 0] >= 0, tf.int32))) == count  # -1 is padding
+
+
+def test_coco_images_folder_and_non_finite_boxes(tmp_path):
+    content = {
+        "images": [{"id": 9, "file_name": "a.jpg", "height": 64, "width": 64}],
+        "annotations": [
+            {"id": 1, "image_id": 9, "category_id": 5, "bbox": [1, 2, 10, 10]},
+            {"id": 2, "image_id": 9, "category_id": 5, "bbox": [1, float("nan"), 10, 10]},
+            {"id": 3, "image_id": 9, "category_id": 5, "bbox": [1, 2, float("inf"), 10], "area": 10},
+        ],
+        "categories": [{"id": 5, "name": "x"}],
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(content))  # writes NaN / Infinity, which json.load reads back
+    ds = load_detection_dataset(str(path), images=str(tmp_path / "pictures"), verbose=False)
+    assert ds.records[0]["file_name"] == str(tmp_path / "pictures" / "a.jpg")
+    np.testing.assert_array_equal(ds.records[0]["boxes"], [[1, 2, 11, 12]])
+    assert len(ds.problems) == 2
+    assert all(f"annotation id {i} (image id 9)" in p and "non-finite" in p for i, p in zip((2, 3), ds.problems))
