@@ -17,8 +17,9 @@ mmdet v2.6, ``mmdet/datasets/coco.py CocoDataset._parse_ann_info``):
 Problems that mmdet would pass over silently or crash on are reported in ``.problems`` (one
 human-readable string each, naming the image id / annotation id and field) and skipped:
 an annotation box reaching more than 1 px beyond its image, an unknown category id, an
-annotation whose image id does not exist, non-finite coordinates, malformed entries. A missing top-level
-``images`` / ``annotations`` / ``categories`` field raises ``ValueError`` naming the file.
+annotation whose image id does not exist, non-finite coordinates, malformed entries. A
+missing top-level ``images`` / ``annotations`` / ``categories`` field raises ``ValueError``
+naming the file.
 
 Deliberate differences from mmdet v2.6: it keeps boxes that reach outside the image (the
 resize step clips them) where this loader reports and drops those beyond the 1 px tolerance;

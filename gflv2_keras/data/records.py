@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 OUT_OF_IMAGE_TOLERANCE = 1.0
 # The official training filter (mmdet ``CustomDataset._filter_imgs(min_size=32)``).
 MIN_TRAIN_IMAGE_SIZE = 32
+_EPS = 1e-6
 
 # Reasons shared by the readers (``skipped`` keys); readers add their own.
 MALFORMED = "malformed entries"
@@ -178,7 +179,8 @@ def checked_box(box, width, height, where, report, report_degenerate=True):
     x1, y1, x2, y2 = (float(v) for v in box)
     if not all_finite((x1, y1, x2, y2), where, report):
         return None
-    if x2 - x1 < 1 or y2 - y1 < 1:
+    # The epsilon keeps 1 px boxes whose corners went through float rounding (x + w - x < w).
+    if x2 - x1 < 1 - _EPS or y2 - y1 < 1 - _EPS:
         report.skip(
             DEGENERATE,
             f"{where}: zero or sub-pixel size ({x2 - x1:g} x {y2 - y1:g} px), skipped" if report_degenerate else None,
