@@ -145,23 +145,57 @@ def load_preset(cls, preset, load_weights=True, **overrides):
 
     A named preset's weights are read from ``preset_home() / name`` when present. Asking for
     weights that are not on disk raises ``FileNotFoundError`` saying how to obtain them.
+
+    ``num_classes`` / ``class_names`` overrides start a detector for other classes (fine-tuning):
+    ``num_classes`` defaults to ``len(class_names)``; when it differs from the preset's, every
+    weight is loaded except the classification output, which keeps its official initialisation
+    (``models.transfer``), and one line says so. Any other weight that does not fit is an error
+    naming the variables. The same number of classes loads the weights exactly as saved.
     """
+    config, weights = _preset_config(preset)
+    overrides = dict(overrides)
+    if overrides.get("class_names") is not None and "num_classes" not in overrides:
+        overrides["num_classes"] = len(overrides["class_names"])
+    new_classes = "num_classes" in overrides and int(overrides["num_classes"]) != int(config.get("num_classes", 80))
+    if new_classes and overrides.get("class_names") is None:
+        overrides["class_names"] = None  # the preset's names belong to its own classes
+    model = cls(**{**config, **overrides})
+    if not load_weights:
+        return model
+    if not weights.is_file():
+        raise FileNotFoundError(_missing_weights_message(str(preset), weights))
+    model.build_for_inference()
+    if not new_classes:
+        model.load_weights(str(weights))
+        return model
+    from gflv2_keras.models.transfer import CLASSIFIER_OUTPUT, transfer_weights
+
+    source = cls(**config)  # the preset exactly as saved
+    source.build_for_inference()
+    source.load_weights(str(weights))
+    copied, kept = transfer_weights(source, model)
+    print(
+        f"[preset] {preset}: {copied} weight tensors loaded; {CLASSIFIER_OUTPUT} ({kept} tensors) re-initialised "
+        f"because the classes changed ({config.get('num_classes', 80)} -> {model.num_classes})"
+    )
+    return model
+
+
+def _preset_config(preset):
+    """``(config dict, weights path)`` of a preset name or folder; errors name what is missing."""
     directory = Path(preset)
     if directory.is_dir():
-        config = json.loads((directory / CONFIG_FILE).read_text())["config"]
-        weights = directory / WEIGHTS_FILE
-    else:
-        info = preset_info(str(preset))
-        config = info["config"]
-        weights = preset_home() / str(preset) / WEIGHTS_FILE
-    config = {**config, **overrides}
-    model = cls(**config)
-    if load_weights:
-        if not weights.is_file():
-            raise FileNotFoundError(_missing_weights_message(str(preset), weights))
-        model.build_for_inference()
-        model.load_weights(str(weights))
-    return model
+        config_file = directory / CONFIG_FILE
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{directory} is not a preset folder: it has no {CONFIG_FILE}")
+        try:
+            config = json.loads(config_file.read_text())["config"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{config_file}: not a preset config ({error})") from None
+        return config, directory / WEIGHTS_FILE
+    if str(preset) not in PRESETS and (os.sep in str(preset) or directory.exists()):
+        raise FileNotFoundError(f"{preset}: no such preset folder (a preset folder holds {CONFIG_FILE})")
+    return preset_info(str(preset))["config"], preset_home() / str(preset) / WEIGHTS_FILE
 
 
 def save_preset(model, directory, metadata=None, overwrite=False):
