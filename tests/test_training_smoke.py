@@ -84,6 +84,41 @@ def test_run_leaves_checkpoints_logs_and_a_loadable_preset(trained, tiny_coco, c
         assert f"  {name} " in printed
 
 
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"learning_rate": 0.1}, "learning_rate"),
+        ({"epochs": 0}, "epochs"),
+        ({"batch_per_replica": 2.5}, "batch_per_replica"),
+        ({"steps_per_epoch": "2"}, "steps_per_epoch"),
+        ({"cpu_devices": True}, "cpu_devices"),
+        ({"jit_compile": "yes"}, "jit_compile"),
+        ({"evaluate": None}, "evaluate"),
+        ({"verbose": 3}, "verbose"),
+        ({"train_images": ""}, "train_images"),
+        ({"strategy": "tpu"}, "strategy"),
+        ({"resume": 1}, "resume"),
+        ({"callbacks": [print]}, r"callbacks\[0\]"),
+    ],
+)
+def test_a_bad_override_is_refused_before_anything_is_built(overrides, field, tiny_coco, tmp_path, monkeypatch):
+    from gflv2_keras.training import trainer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the trainer was built")
+
+    monkeypatch.setattr(trainer, "Trainer", refuse)
+    recipe = coco_recipe("gflv2_test_r18_nano", **SYNTHETIC_DATA)
+    work_dir = tmp_path / "work"
+    with pytest.raises(ValueError, match=f"train: {field}|unknown option.*{field}") as error:
+        trainer.train(recipe, work_dir, data_root=tiny_coco["root"], **overrides)
+    assert "\n" not in str(error.value)
+    assert not work_dir.exists()
+    # The same call with valid values reaches the trainer: the refusal above is the override's.
+    with pytest.raises(AssertionError, match="the trainer was built"):
+        trainer.train(recipe, work_dir, data_root=tiny_coco["root"], epochs=1, steps_per_epoch=1, verbose=0)
+
+
 def test_every_official_row_and_the_demo_have_a_recipe():
     assert set(OFFICIAL) | {"gflv2_tiny_r18_demo"} <= set(list_recipes())
     repo_recipes = Path(__file__).resolve().parents[1] / "recipes"

@@ -41,8 +41,8 @@ def run_train(args, recipe=None):
         recipe = validate_recipe({**recipe, "pretrained_backbone": args.pretrained_backbone}, "--pretrained-backbone")
     result = train(
         recipe,
+        args.work_dir,
         data_root=args.data_root,
-        work_dir=args.work_dir,
         epochs=args.epochs,
         batch_per_replica=args.batch_size,
         resume=args.resume,
