@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -154,9 +155,13 @@ def test_recipe_errors_name_the_problem(tmp_path):
         coco_recipe("gflv2_r50_fpn_1x_coco", epochs=0)
 
 
-def test_train_cli_reports_missing_data(tmp_path):
-    with pytest.raises(FileNotFoundError, match="instances_train2017.json.*'train_annotations'"):
-        cli_main(["train", "--recipe", "gflv2_r50_fpn_1x_coco", "--data-root", str(tmp_path)])
+def test_train_cli_reports_missing_data_and_bad_options_in_one_line(tmp_path, capsys):
+    train = ["train", "--recipe", "gflv2_r50_fpn_1x_coco", "--data-root", str(tmp_path)]
+    assert cli_main(train) == 2
+    error = capsys.readouterr().err
+    assert re.fullmatch(r"error: \S*instances_train2017\.json does not exist \(recipe field 'train_annotations'.*\n", error)
+    assert cli_main(train + ["--cpu-devices", "0"]) == 2
+    assert re.fullmatch(r"error: train: cpu_devices must be None or an int >= 1, got 0\n", capsys.readouterr().err)
 
 
 def test_recipe_refuses_two_initialisation_sources():

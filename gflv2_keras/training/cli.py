@@ -1,6 +1,7 @@
 """``gflv2 train``: run a training recipe (also ``python recipes/NAME.py``)."""
 
 import argparse
+import sys
 
 
 def add_train_arguments(parser, with_recipe=True):
@@ -32,30 +33,40 @@ def build_train_parser(prog="gflv2 train", with_recipe=True):
 
 
 def run_train(args, recipe=None):
-    """Runs ``train`` from parsed arguments; returns the exit code."""
-    from gflv2_keras.recipes import load_recipe, validate_recipe
-    from gflv2_keras.training.trainer import train
+    """Runs the trainer from parsed arguments; returns the exit code.
 
-    recipe = recipe if recipe is not None else load_recipe(args.recipe)
-    if args.pretrained_backbone:
-        recipe = validate_recipe({**recipe, "pretrained_backbone": args.pretrained_backbone}, "--pretrained-backbone")
-    result = train(
-        recipe,
-        args.work_dir,
-        data_root=args.data_root,
-        epochs=args.epochs,
-        batch_per_replica=args.batch_size,
-        resume=args.resume,
-        strategy=args.strategy,
-        cpu_devices=args.cpu_devices,
-        jit_compile=args.jit_compile,
-        train_annotations=args.train_annotations,
-        train_images=args.train_images,
-        val_annotations=args.val_annotations,
-        val_images=args.val_images,
-        steps_per_epoch=args.steps_per_epoch,
-        evaluate=not args.no_eval,
-    )
+    A wrong option or missing data ends in one ``error:`` line and exit code 2, before anything
+    is built (``options.resolve_run``); then the stages run as in ``trainer.train``.
+    """
+    from gflv2_keras.recipes import load_recipe, validate_recipe
+    from gflv2_keras.training.options import resolve_run
+    from gflv2_keras.training.trainer import Trainer
+
+    try:
+        recipe = recipe if recipe is not None else load_recipe(args.recipe)
+        if args.pretrained_backbone:
+            recipe = validate_recipe({**recipe, "pretrained_backbone": args.pretrained_backbone}, "--pretrained-backbone")
+        options = resolve_run(
+            recipe,
+            args.work_dir,
+            data_root=args.data_root,
+            strategy=args.strategy,
+            resume=args.resume,
+            epochs=args.epochs,
+            batch_per_replica=args.batch_size,
+            cpu_devices=args.cpu_devices,
+            jit_compile=args.jit_compile,
+            train_annotations=args.train_annotations,
+            train_images=args.train_images,
+            val_annotations=args.val_annotations,
+            val_images=args.val_images,
+            steps_per_epoch=args.steps_per_epoch,
+            evaluate=not args.no_eval,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    result = Trainer(options).run()
     speed = result["images_per_second"]
     print(
         f"[train] done: {result['iterations']} iterations, "
@@ -67,8 +78,6 @@ def run_train(args, recipe=None):
 
 def run_recipe_cli(recipe, argv=None):
     """``python recipes/NAME.py --data-root DIR [...]``: the ``gflv2 train`` options for one recipe."""
-    import sys
-
     parser = build_train_parser(prog=f"python recipes/{recipe['name']}.py", with_recipe=False)
     args = parser.parse_args(argv)
     sys.exit(run_train(args, recipe=recipe))
