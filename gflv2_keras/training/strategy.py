@@ -2,8 +2,8 @@
 
 ``build_strategy`` maps the ``--strategy`` names to strategies (as ``official/common/distribute_utils.py
 get_distribution_strategy`` of TF Model Garden does); ``is_chief`` is the multi-worker rule for
-which process writes checkpoints, logs and the preset (``official/core/train_utils.py`` writes from
-the chief only).
+which process writes checkpoints, logs and the preset (the chief, or worker 0 without one); every
+process runs every step.
 """
 
 import os
