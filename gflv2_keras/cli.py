@@ -86,20 +86,29 @@ def quiet_tensorflow():
             os.close(saved)
 
 
+def split_verbose(argv):
+    """``(argv without --verbose, whether it was given)``."""
+    argv = list(argv)
+    return [a for a in argv if a != VERBOSE_FLAG], VERBOSE_FLAG in argv
+
+
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = VERBOSE_FLAG in argv
-    argv = [a for a in argv if a != VERBOSE_FLAG]
+    argv, verbose = split_verbose(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    return run_command(command, lambda: args.func(args), verbose)
+
+
+def run_command(command, run, verbose=False):
+    """Runs ``run()`` (a command's body) quietly; a user's mistake becomes one line and exit code 2."""
     try:
         if command in NEEDS_TENSORFLOW and not verbose:
             quiet_tensorflow()
-        return int(args.func(args) or 0)
+        return int(run() or 0)
     except KeyboardInterrupt:
         print(f"gflv2 {command}: interrupted", file=sys.stderr)
         if verbose:

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
     import keras
-    from gflv2_keras.training.trainer import build_strategy
+    from gflv2_keras.training.strategy import build_strategy
     from gflv2_keras.training.optimizer import CoupledSGD
     from gflv2_keras.models.detector import GFLV2Detector
 

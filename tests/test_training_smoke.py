@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,41 @@ def test_run_leaves_checkpoints_logs_and_a_loadable_preset(trained, tiny_coco, c
         assert f"  {name} " in printed
 
 
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"learning_rate": 0.1}, "learning_rate"),
+        ({"epochs": 0}, "epochs"),
+        ({"batch_per_replica": 2.5}, "batch_per_replica"),
+        ({"steps_per_epoch": "2"}, "steps_per_epoch"),
+        ({"cpu_devices": True}, "cpu_devices"),
+        ({"jit_compile": "yes"}, "jit_compile"),
+        ({"evaluate": None}, "evaluate"),
+        ({"verbose": 3}, "verbose"),
+        ({"train_images": ""}, "train_images"),
+        ({"strategy": "tpu"}, "strategy"),
+        ({"resume": 1}, "resume"),
+        ({"callbacks": [print]}, r"callbacks\[0\]"),
+    ],
+)
+def test_a_bad_override_is_refused_before_anything_is_built(overrides, field, tiny_coco, tmp_path, monkeypatch):
+    from gflv2_keras.training import trainer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the trainer was built")
+
+    monkeypatch.setattr(trainer, "Trainer", refuse)
+    recipe = coco_recipe("gflv2_test_r18_nano", **SYNTHETIC_DATA)
+    work_dir = tmp_path / "work"
+    with pytest.raises(ValueError, match=f"train: {field}|unknown option.*{field}") as error:
+        trainer.train(recipe, work_dir, data_root=tiny_coco["root"], **overrides)
+    assert "\n" not in str(error.value)
+    assert not work_dir.exists()
+    # The same call with valid values reaches the trainer: the refusal above is the override's.
+    with pytest.raises(AssertionError, match="the trainer was built"):
+        trainer.train(recipe, work_dir, data_root=tiny_coco["root"], epochs=1, steps_per_epoch=1, verbose=0)
+
+
 def test_every_official_row_and_the_demo_have_a_recipe():
     assert set(OFFICIAL) | {"gflv2_tiny_r18_demo"} <= set(list_recipes())
     repo_recipes = Path(__file__).resolve().parents[1] / "recipes"
@@ -119,11 +155,17 @@ def test_recipe_errors_name_the_problem(tmp_path):
         coco_recipe("gflv2_r50_fpn_1x_coco", epochs=0)
 
 
-def test_train_cli_reports_missing_data_in_one_line(tmp_path, capsys):
-    assert cli_main(["train", "--recipe", "gflv2_r50_fpn_1x_coco", "--data-root", str(tmp_path)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("gflv2 train: error: ") and "\n" not in error
-    assert "instances_train2017.json" in error and "'train_annotations'" in error
+def test_train_cli_reports_missing_data_and_bad_options_in_one_line(tmp_path, capsys):
+    train = ["train", "--recipe", "gflv2_r50_fpn_1x_coco", "--data-root", str(tmp_path)]
+    assert cli_main(train) == 2
+    error = capsys.readouterr().err
+    assert re.fullmatch(
+        r"gflv2 train: error: \S*instances_train2017\.json does not exist \(recipe field 'train_annotations'.*\n", error
+    )
+    assert cli_main(train + ["--cpu-devices", "0"]) == 2
+    assert re.fullmatch(
+        r"gflv2 train: error: train: cpu_devices must be None or an int >= 1, got 0\n", capsys.readouterr().err
+    )
 
 
 def test_recipe_refuses_two_initialisation_sources():

@@ -1,1 +1,1 @@
-"""Training: the coupled-L2 SGD, the warm-up + step schedule, checkpoints, recipes and the trainer."""
+"""Training: options (recipe + overrides), the trainer's stages, strategy, callbacks, coupled-L2 SGD, schedule, checkpoints."""

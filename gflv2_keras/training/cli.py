@@ -1,6 +1,7 @@
 """``gflv2 train``: run a training recipe (also ``python recipes/NAME.py``)."""
 
 import argparse
+import sys
 
 
 def add_train_arguments(parser, with_recipe=True):
@@ -32,21 +33,27 @@ def build_train_parser(prog="gflv2 train", with_recipe=True):
 
 
 def run_train(args, recipe=None):
-    """Runs ``train`` from parsed arguments; returns the exit code."""
+    """Runs the trainer from parsed arguments; returns the exit code.
+
+    A wrong option or missing data raises before anything is built (``options.resolve_run``),
+    which the ``gflv2`` entry point reports in one line with exit code 2; then the stages run
+    as in ``trainer.train``.
+    """
     from gflv2_keras.recipes import load_recipe, validate_recipe
-    from gflv2_keras.training.trainer import train
+    from gflv2_keras.training.options import resolve_run
+    from gflv2_keras.training.trainer import Trainer
 
     recipe = recipe if recipe is not None else load_recipe(args.recipe)
     if args.pretrained_backbone:
         recipe = validate_recipe({**recipe, "pretrained_backbone": args.pretrained_backbone}, "--pretrained-backbone")
-    result = train(
+    options = resolve_run(
         recipe,
+        args.work_dir,
         data_root=args.data_root,
-        work_dir=args.work_dir,
+        strategy=args.strategy,
+        resume=args.resume,
         epochs=args.epochs,
         batch_per_replica=args.batch_size,
-        resume=args.resume,
-        strategy=args.strategy,
         cpu_devices=args.cpu_devices,
         jit_compile=args.jit_compile,
         train_annotations=args.train_annotations,
@@ -56,6 +63,7 @@ def run_train(args, recipe=None):
         steps_per_epoch=args.steps_per_epoch,
         evaluate=not args.no_eval,
     )
+    result = Trainer(options).run()
     speed = result["images_per_second"]
     print(
         f"[train] done: {result['iterations']} iterations, "
@@ -67,11 +75,12 @@ def run_train(args, recipe=None):
 
 def run_recipe_cli(recipe, argv=None):
     """``python recipes/NAME.py --data-root DIR [...]``: the ``gflv2 train`` options for one recipe."""
-    import sys
+    from gflv2_keras.cli import run_command, split_verbose
 
+    argv, verbose = split_verbose(sys.argv[1:] if argv is None else argv)
     parser = build_train_parser(prog=f"python recipes/{recipe['name']}.py", with_recipe=False)
     args = parser.parse_args(argv)
-    sys.exit(run_train(args, recipe=recipe))
+    sys.exit(run_command("train", lambda: run_train(args, recipe=recipe), verbose))
 
 
 def register(subparsers):

@@ -55,8 +55,8 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False):
         recipe.update(epochs=1, lr_steps=[], warmup_iters=1, checkpoint_every_steps=1)
     result = train(
         recipe,
-        data_root=str(data_root),
-        work_dir=str(output / ("work_dir_quick" if quick else "work_dir")),
+        output / ("work_dir_quick" if quick else "work_dir"),
+        data_root=data_root,
         epochs=epochs,
         resume=resume,
         steps_per_epoch=2 if quick else None,

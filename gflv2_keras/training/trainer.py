@@ -1,185 +1,77 @@
-"""The one trainer of every recipe: strategy, data, model, optimiser, callbacks, ``fit``, preset.
+"""The one trainer of every recipe, as named stages: data, schedule, model, restore, callbacks, fit, outputs.
 
-``train(recipe, data_root, ...)`` runs a recipe (``gflv2_keras.recipes``) end to end:
+``train(recipe, work_dir, data_root=..., **overrides)`` first resolves the run
+(``options.resolve_run``: recipe + overrides, every value checked before anything is built), then
+``Trainer.run`` calls the stages in order. The shape is that of ``mmdet/apis/train.py
+train_detector`` (data loaders, optimizer, runner hooks, resume, run), with one method per stage
+as detectron2's ``detectron2/engine/defaults.py DefaultTrainer`` (``build_model``,
+``build_optimizer``, ``build_train_loader``, ``build_hooks``) and TF Model Garden's
+``official/vision/tasks/retinanet.py RetinaNetTask``:
 
-1. a ``tf.distribute`` strategy (``none``, ``mirrored`` over the GPUs or N logical CPU devices,
-   ``multi-worker`` from ``TF_CONFIG``);
-2. the COCO-layout data (``data.coco`` + ``data.pipeline``): one endless, deterministic stream of
-   global batches (order, scale and flip are functions of ``(seed, epoch, position)``), padded
-   to a fixed canvas so the training step has static shapes (``pad_to_canvas``);
-3. the preset's ``GFLV2Detector`` under ``strategy.scope()`` (frozen stages and BatchNorm
-   behaviour come from the preset config), with the dataset's classes;
-4. ``compile`` with ``CoupledSGD`` + ``WarmupStepDecay`` (lr scaled to the global batch),
-   optional XLA, the stock ``train_step`` (``GFLV2Detector.compute_loss`` owns the loss);
-5. callbacks: lr in the logs, COCO evaluation on the val split, checkpoints (every N steps and
-   every epoch end, atomic), TensorBoard, Keras' progress bar (``loss qfl dfl giou lr``);
-6. ``fit``, resumable exactly (``resume=True``) after a crash at any moment;
-7. the trained preset folder ``WORK_DIR/preset`` (``save_to_preset``).
+1. ``build_data``: the COCO-layout training split (``data.coco``), the global batch
+   (``batch_per_replica`` x the replicas of the ``tf.distribute`` strategy: ``none``,
+   ``mirrored`` over the GPUs or N logical CPU devices, ``multi-worker`` from ``TF_CONFIG``),
+   the steps per epoch, and the endless, deterministic stream of global batches (order, scale
+   and flip are functions of ``(seed, epoch, position)``, so it can start at any iteration),
+   zero-padded to a fixed canvas so the training step has static shapes
+   (``data.canvas.pad_to_canvas``);
+2. ``build_schedule``: ``WarmupStepDecay`` with the lr scaled to the global batch;
+3. ``build_model``: the preset's ``GFLV2Detector`` under ``strategy.scope()`` (frozen stages and
+   BatchNorm behaviour from the preset config) with the dataset's classes, its initial weights
+   (``init_weights`` or an ImageNet backbone), compiled with ``CoupledSGD``, optionally with
+   XLA; the stock ``train_step`` (``GFLV2Detector.compute_loss`` owns the loss);
+4. ``restore_or_start``: with ``resume``, the newest valid checkpoint after checking it belongs
+   to this run; the chief creates the work dir and writes ``recipe.json``;
+5. ``build_callbacks``: lr in the logs, COCO evaluation on the val split, checkpoints (every N
+   steps and every epoch end, atomic), the step timer, the CSV log, TensorBoard, the caller's
+   callbacks, then Keras' progress bar (``loss qfl dfl giou lr``);
+6. ``fit``: Keras ``fit`` over the stream, resumable exactly after a crash at any moment;
+7. ``write_outputs``: the trained preset folder ``WORK_DIR/preset`` (``save_to_preset``) and
+   ``history.json``.
+
+Only the chief (``strategy.is_chief``) writes files; every worker runs every step.
 
 Work-dir layout: ``checkpoints/ckpt-*.npz``, ``log.csv`` (per-epoch logs), ``tensorboard/`` (when
 the ``tensorboard`` package is installed), ``preset/``, ``recipe.json``, ``history.json``,
 ``detections/epoch_{N}.json`` (COCO results of each evaluation).
 """
 
+import dataclasses
+import functools
 import json
-import os
-import time
-from pathlib import Path
+from typing import Callable, NamedTuple
 
 import keras
 import tensorflow as tf
 
 from gflv2_keras.data.canvas import pad_to_canvas, training_canvas
+from gflv2_keras.training.callbacks import LearningRateLogger, StepTimer, tensorboard_available
 from gflv2_keras.training.checkpoint import CheckpointCallback, latest_checkpoint, restore_checkpoint
 from gflv2_keras.training.optimizer import CoupledSGD
+from gflv2_keras.training.options import resolve_run
 from gflv2_keras.training.schedule import WarmupStepDecay, scale_learning_rate
+from gflv2_keras.training.strategy import build_strategy, is_chief, shard_for
 
-STRATEGIES = ("none", "mirrored", "multi-worker")
-# Boxes per image when XLA needs fixed shapes and the recipe does not set max_boxes (COCO
-# train2017 has at most 93 non-crowd boxes in an image).
-XLA_MAX_BOXES = 100
-
-
-def configure_cpu_devices(num_devices):
-    """Splits the physical CPU into ``num_devices`` logical devices (testing ``mirrored`` on CPU).
-
-    Must run before TensorFlow initialises its devices (before any op or strategy); raises
-    ``RuntimeError`` saying so otherwise.
-    """
-    cpus = tf.config.list_physical_devices("CPU")
-    try:
-        tf.config.set_logical_device_configuration(
-            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(int(num_devices))]
-        )
-    except RuntimeError as error:
-        raise RuntimeError(
-            f"cannot split the CPU into {num_devices} logical devices: TensorFlow is already initialised "
-            f"(call configure_cpu_devices first, e.g. in a fresh process): {error}"
-        ) from error
+# Run facts that must be equal in a checkpoint and the run resuming from it.
+RESUME_MUST_MATCH = ("steps_per_epoch", "global_batch_size", "shuffle_seed", "preset")
 
 
-def build_strategy(kind="none", cpu_devices=None):
-    """A ``tf.distribute.Strategy``.
-
-    Args:
-        kind: ``"none"`` (default strategy, one device), ``"mirrored"`` (all GPUs, or the CPU
-            split into ``cpu_devices`` logical devices), ``"multi-worker"``
-            (``MultiWorkerMirroredStrategy``; cluster and task from ``TF_CONFIG``).
-        cpu_devices: number of logical CPU devices for ``mirrored`` without GPUs.
-    """
-    if kind not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {kind!r}")
-    if cpu_devices:
-        configure_cpu_devices(cpu_devices)
-    if kind == "none":
-        return tf.distribute.get_strategy()
-    if kind == "mirrored":
-        if tf.config.list_physical_devices("GPU") and not cpu_devices:
-            return tf.distribute.MirroredStrategy()
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if "TF_CONFIG" not in os.environ:
-        raise ValueError("strategy 'multi-worker' needs the TF_CONFIG environment variable (cluster and task)")
-    return tf.distribute.MultiWorkerMirroredStrategy()
-
-
-def is_chief(strategy):
-    """Whether this process writes files (the chief, or worker 0 when there is no chief)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
-
-
-class LearningRateLogger(keras.callbacks.Callback):
-    """Adds ``lr``, the learning rate of the step just taken, to the batch and epoch logs."""
-
-    def __init__(self, schedule):
-        super().__init__()
-        self.schedule = schedule
-
-    def _lr(self):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
-        return float(keras.ops.convert_to_numpy(self.schedule(max(step, 0))))
-
-    def on_train_batch_end(self, batch, logs=None):
-        if logs is not None:
-            logs["lr"] = self._lr()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["lr"] = self._lr()
-
-
-def resolve_data_paths(recipe, data_root=None, **overrides):
-    """Absolute ``train_annotations``, ``train_images``, ``val_annotations``, ``val_images``.
-
-    Recipe paths are relative to ``data_root``; a non-None entry of ``overrides`` replaces one
-    (absolute or relative to the current folder). Missing training files raise
-    ``FileNotFoundError`` naming the file and the recipe field.
-    """
-    paths = {}
-    for field in ("train_annotations", "train_images", "val_annotations", "val_images"):
-        if overrides.get(field):
-            paths[field] = os.path.abspath(overrides[field])
-        elif data_root is not None:
-            paths[field] = os.path.abspath(os.path.join(data_root, recipe[field]))
-        else:
-            raise ValueError(f"no data: pass data_root (or --data-root), or the {field} path")
-    for field in ("train_annotations", "train_images"):
-        if not os.path.exists(paths[field]):
-            raise FileNotFoundError(
-                f"{paths[field]} does not exist (recipe field {field!r} = {recipe[field]!r} under "
-                f"data root {data_root}); COCO layout: DATA_ROOT/annotations/instances_train2017.json "
-                f"and DATA_ROOT/train2017/"
-            )
-    return paths
-
-
-def train(
-    recipe,
-    data_root=None,
-    work_dir=None,
-    epochs=None,
-    batch_per_replica=None,
-    resume=False,
-    strategy="none",
-    cpu_devices=None,
-    jit_compile=False,
-    train_annotations=None,
-    train_images=None,
-    val_annotations=None,
-    val_images=None,
-    steps_per_epoch=None,
-    evaluate=True,
-    tensorboard=True,
-    save_preset=True,
-    callbacks=None,
-    verbose="auto",
-):
-    """Trains a recipe; see the module docstring for what happens.
+def train(recipe, work_dir=None, *, data_root=None, strategy="none", resume=False, callbacks=None, **overrides):
+    """Trains a recipe: resolves and checks the run, then runs the stages of ``Trainer``.
 
     Args:
         recipe: a recipe dict (``recipes.load_recipe`` / ``coco_recipe``).
-        data_root: folder the recipe's data paths are relative to (COCO layout by default).
         work_dir: output folder (default ``work_dirs/<recipe name>``).
-        epochs, batch_per_replica: override the recipe's.
+        data_root: folder the recipe's data paths are relative to (COCO layout by default).
+        strategy: ``"none"`` | ``"mirrored"`` | ``"multi-worker"``, or a ``tf.distribute.Strategy``.
         resume: continue from the newest valid checkpoint of ``work_dir`` (starts afresh, with a
             message, when there is none). The run state in the checkpoint must match this run's
-            (global batch, steps per epoch, seed), else ``ValueError`` names the field.
-        strategy: ``"none"`` | ``"mirrored"`` | ``"multi-worker"``, or a ``tf.distribute.Strategy``.
-        cpu_devices: logical CPU devices for ``mirrored`` (testing without GPUs).
-        jit_compile: compile the training step with XLA (fixed box count: ``max_boxes``).
-        train_annotations, train_images, val_annotations, val_images: explicit paths.
-        steps_per_epoch: cap on steps per epoch (smoke tests, benchmarks); default: one pass.
-        evaluate: run the COCO evaluation callback (recipe ``eval_every_epochs``).
-        tensorboard: write TensorBoard logs.
-        save_preset: write ``WORK_DIR/preset`` at the end.
+            (global batch, steps per epoch, seed, preset), else ``ValueError`` names the field.
         callbacks: extra Keras callbacks (run after the built-in ones, before the progress bar).
-        verbose: ``fit`` verbosity.
+        **overrides: ``epochs``, ``batch_per_replica``, the data paths, ``steps_per_epoch``,
+            ``cpu_devices``, ``jit_compile``, ``evaluate``, ``tensorboard``, ``save_preset``,
+            ``verbose`` (``options.OVERRIDES`` says what each means). An unknown name or a bad
+            value raises ``ValueError`` naming it before anything is built.
 
     Returns:
         dict: ``history`` (one dict per epoch since the start of the run, resumed epochs
@@ -187,187 +79,323 @@ def train(
         ``steps_per_epoch``, ``global_batch_size``, ``train_seconds`` (this process),
         ``images_per_second`` (steady state, excluding the first step of each ``fit``).
     """
-    from gflv2_keras.data.coco import load_coco
-    from gflv2_keras.data.pipeline import build_dataset
-    from gflv2_keras.data.pipeline import steps_per_epoch as count_steps
-    from gflv2_keras.models.detector import GFLV2Detector
-
-    recipe = dict(recipe)
-    if epochs is not None:
-        recipe["epochs"] = int(epochs)
-    if batch_per_replica is not None:
-        recipe["batch_per_replica"] = int(batch_per_replica)
-    work_dir = Path(work_dir or Path("work_dirs") / recipe["name"]).absolute()
-    strategy = strategy if isinstance(strategy, tf.distribute.Strategy) else build_strategy(strategy, cpu_devices)
-    chief = is_chief(strategy)
-    replicas = strategy.num_replicas_in_sync
-    global_batch = recipe["batch_per_replica"] * replicas
-
-    paths = resolve_data_paths(
-        recipe,
-        data_root,
-        train_annotations=train_annotations,
-        train_images=train_images,
-        val_annotations=val_annotations,
-        val_images=val_images,
+    options = resolve_run(
+        recipe, work_dir, data_root=data_root, strategy=strategy, resume=resume, callbacks=callbacks, **overrides
     )
-    train_data = load_coco(paths["train_annotations"], paths["train_images"], for_training=True)
-    full_epoch_steps = count_steps(train_data, global_batch)
-    steps = min(full_epoch_steps, steps_per_epoch) if steps_per_epoch else full_epoch_steps
-    total_iterations = steps * recipe["epochs"]
-    base_lr = scale_learning_rate(recipe["base_lr_per_16"], global_batch)
-    schedule = WarmupStepDecay.from_epochs(
-        base_lr,
-        steps,
-        [e for e in recipe["lr_steps"] if e < recipe["epochs"]],
-        gamma=recipe["lr_gamma"],
-        warmup_iters=recipe["warmup_iters"],
-        warmup_ratio=recipe["warmup_ratio"],
-    )
-    max_boxes = recipe["max_boxes"] or (XLA_MAX_BOXES if jit_compile else None)
-    canvas = training_canvas(recipe["scale"], recipe["multiscale_range"])
-    run_state = {
-        "recipe": recipe["name"],
-        "preset": recipe["preset"],
-        "steps_per_epoch": steps,
-        "global_batch_size": global_batch,
-        "shuffle_seed": recipe["seed"],
-        "epochs": recipe["epochs"],
-        "base_lr": base_lr,
-    }
-    print(
-        f"[train] recipe {recipe['name']}: preset {recipe['preset']}, {replicas} replica(s) x "
-        f"{recipe['batch_per_replica']} = global batch {global_batch}, lr {base_lr:g}, {recipe['epochs']} epochs x "
-        f"{steps} steps, canvas {canvas[0]}x{canvas[1]}, XLA {'on' if jit_compile else 'off'}, work dir {work_dir}"
-    )
+    return Trainer(options).run()
 
-    keras.utils.set_random_seed(int(recipe["seed"]))  # the same initial weights for the same recipe
-    with strategy.scope():
-        overrides = {"num_classes": train_data.num_classes, "class_names": list(train_data.class_names)}
-        if recipe["init_weights"]:
-            model = GFLV2Detector.from_preset(recipe["init_weights"], load_weights=True, **overrides)
-        else:
-            model = GFLV2Detector.from_preset(recipe["preset"], load_weights=False, **overrides)
-        model.build_for_inference()
-        if recipe["pretrained_backbone"]:
-            load_pretrained_backbone(model, recipe["pretrained_backbone"])
-        optimizer = CoupledSGD(schedule, momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
-        model.compile(optimizer=optimizer, jit_compile=bool(jit_compile))
-        optimizer.build(model.trainable_variables)
 
-        checkpoint_dir = work_dir / "checkpoints"
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The training split and how it is batched.
+
+    Attributes:
+        dataset: the ``CocoDataset`` of the training split.
+        global_batch_size: images per step over all replicas.
+        steps_per_epoch: one pass over the usable images, or the ``steps_per_epoch`` cap.
+        epochs: epochs of the run.
+        canvas: ``(H, W)`` every batch is zero-padded to.
+        stream: ``stream(skip_batches)`` -> the endless ``tf.data.Dataset`` of global batches
+            (``images [B, H, W, 3]`` float32, ``targets`` of ``data.pipeline.build_dataset``)
+            starting at global batch ``skip_batches``.
+    """
+
+    dataset: object
+    global_batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    canvas: tuple
+    stream: Callable
+
+    @property
+    def total_iterations(self):
+        return self.steps_per_epoch * self.epochs
+
+
+class RunCallbacks(NamedTuple):
+    """The callbacks passed to ``fit``, and the two whose results ``train`` returns."""
+
+    callbacks: list
+    checkpointer: CheckpointCallback
+    timer: StepTimer
+
+
+class Trainer:
+    """Runs one resolved training run (``options.TrainOptions``) stage by stage; see the module docstring.
+
+    Building the strategy is the only work of the constructor (logical CPU devices must be set
+    up before anything else touches TensorFlow). Each stage takes what the earlier ones returned,
+    so a subclass can replace one (e.g. ``build_callbacks``) and keep the rest.
+    """
+
+    def __init__(self, options):
+        self.options = options
+        self.recipe = options.recipe
+        strategy = options.strategy
+        if not isinstance(strategy, tf.distribute.Strategy):
+            strategy = build_strategy(strategy, options.cpu_devices)
+        self.strategy = strategy
+        self.chief = is_chief(strategy)
+
+    def run(self):
+        """All the stages; returns the dict documented in ``train``."""
+        data = self.build_data()
+        schedule = self.build_schedule(data)
+        self.describe(data, schedule)
+        model = self.build_model(data, schedule)
+        history, start = self.restore_or_start(model, data, schedule)
+        hooks = self.build_callbacks(data, schedule, history)
+        iteration = self.fit(model, data, hooks.callbacks, start)
+        preset_dir = self.write_outputs(model, data, iteration, hooks.checkpointer.history)
+        return {
+            "history": hooks.checkpointer.history,
+            "work_dir": str(self.options.work_dir),
+            "preset_dir": str(preset_dir) if preset_dir else None,
+            "model": model,
+            "iterations": iteration,
+            "steps_per_epoch": data.steps_per_epoch,
+            "global_batch_size": data.global_batch_size,
+            "train_seconds": hooks.timer.total_seconds,
+            "images_per_second": hooks.timer.images_per_second(),
+        }
+
+    def build_data(self):
+        """Stage 1: the training split, the global batch, steps per epoch and the stream (``TrainingData``)."""
+        from gflv2_keras.data.coco import load_coco
+        from gflv2_keras.data.pipeline import steps_per_epoch as count_steps
+
+        recipe, paths = self.recipe, self.options.data_paths
+        dataset = load_coco(paths["train_annotations"], paths["train_images"], for_training=True)
+        global_batch = recipe["batch_per_replica"] * self.strategy.num_replicas_in_sync
+        steps = count_steps(dataset, global_batch)
+        if self.options.steps_per_epoch:
+            steps = min(steps, self.options.steps_per_epoch)
+        canvas = training_canvas(recipe["scale"], recipe["multiscale_range"])
+        stream = functools.partial(
+            training_stream, dataset, recipe, global_batch, canvas, self.options.max_boxes, self.strategy
+        )
+        return TrainingData(dataset, global_batch, steps, recipe["epochs"], canvas, stream)
+
+    def build_schedule(self, data):
+        """Stage 2: ``WarmupStepDecay`` at ``base_lr_per_16`` scaled to the global batch (linear rule)."""
+        recipe = self.recipe
+        return WarmupStepDecay.from_epochs(
+            scale_learning_rate(recipe["base_lr_per_16"], data.global_batch_size),
+            data.steps_per_epoch,
+            [e for e in recipe["lr_steps"] if e < recipe["epochs"]],
+            gamma=recipe["lr_gamma"],
+            warmup_iters=recipe["warmup_iters"],
+            warmup_ratio=recipe["warmup_ratio"],
+        )
+
+    def describe(self, data, schedule):
+        """Prints the run in one line."""
+        recipe, replicas = self.recipe, self.strategy.num_replicas_in_sync
+        height, width = data.canvas
+        print(
+            f"[train] recipe {recipe['name']}: preset {recipe['preset']}, {replicas} replica(s) x "
+            f"{recipe['batch_per_replica']} = global batch {data.global_batch_size}, lr {schedule.base_lr:g}, "
+            f"{recipe['epochs']} epochs x {data.steps_per_epoch} steps, canvas {height}x{width}, "
+            f"XLA {'on' if self.options.jit_compile else 'off'}, work dir {self.options.work_dir}"
+        )
+
+    def build_model(self, data, schedule):
+        """Stage 3: the detector under the strategy scope, initialised and compiled with ``CoupledSGD``.
+
+        The seed is the recipe's, so the same recipe starts from the same random weights.
+        """
+        from gflv2_keras.models.detector import GFLV2Detector
+
+        recipe = self.recipe
+        classes = {"num_classes": data.dataset.num_classes, "class_names": list(data.dataset.class_names)}
+        keras.utils.set_random_seed(int(recipe["seed"]))
+        with self.strategy.scope():
+            if recipe["init_weights"]:
+                model = GFLV2Detector.from_preset(recipe["init_weights"], load_weights=True, **classes)
+            else:
+                model = GFLV2Detector.from_preset(recipe["preset"], load_weights=False, **classes)
+            model.build_for_inference()
+            if recipe["pretrained_backbone"]:
+                load_pretrained_backbone(model, recipe["pretrained_backbone"])
+            compile_for_training(
+                model,
+                schedule,
+                momentum=recipe["momentum"],
+                weight_decay=recipe["weight_decay"],
+                jit_compile=self.options.jit_compile,
+            )
+        return model
+
+    def run_state(self, data, schedule):
+        """The fixed facts of the run stored in every checkpoint (``RESUME_MUST_MATCH`` among them)."""
+        recipe = self.recipe
+        return {
+            "recipe": recipe["name"],
+            "preset": recipe["preset"],
+            "steps_per_epoch": data.steps_per_epoch,
+            "global_batch_size": data.global_batch_size,
+            "shuffle_seed": recipe["seed"],
+            "epochs": recipe["epochs"],
+            "base_lr": schedule.base_lr,
+        }
+
+    def restore_or_start(self, model, data, schedule):
+        """Stage 4: ``(history, start_iteration)``; restores the newest checkpoint when resuming.
+
+        ``resume`` without a checkpoint starts from scratch with a message; a checkpoint of
+        another run (``RESUME_MUST_MATCH``) raises ``ValueError``. The chief then creates the
+        work dir and writes ``recipe.json`` (the resolved recipe, overrides applied).
+        """
         history, start = [], 0
-        if resume:
+        checkpoint_dir = self.options.checkpoint_dir
+        if self.options.resume:
             path = latest_checkpoint(checkpoint_dir)
             if path is None:
                 print(f"[train] --resume: no checkpoint in {checkpoint_dir}, starting from scratch")
             else:
-                state = restore_checkpoint(path, model, optimizer)
-                _check_resume_state(path, state, run_state)
+                with self.strategy.scope():
+                    state = restore_checkpoint(path, model, model.optimizer)
+                check_resume_state(path, state, self.run_state(data, schedule))
                 history, start = state["history"], state["iteration"]
+                steps = data.steps_per_epoch
                 print(f"[train] resumed from {path}: iteration {start}, epoch {start // steps} + {start % steps} steps")
+        if self.chief:
+            self.options.work_dir.mkdir(parents=True, exist_ok=True)
+            (self.options.work_dir / "recipe.json").write_text(json.dumps(dict(self.recipe), indent=2))
+        return history, start
 
-    if chief:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    def build_callbacks(self, data, schedule, history):
+        """Stage 5: the ``fit`` callbacks, in order (``RunCallbacks``).
 
-    checkpointer = CheckpointCallback(
-        str(checkpoint_dir),
-        run_state,
-        every_n_steps=recipe["checkpoint_every_steps"],
-        keep=recipe["keep_checkpoints"],
-        history=history,
-        write=chief,
-    )
-    timer = _StepTimer(global_batch)
-    all_callbacks = [LearningRateLogger(schedule)]
-    if evaluate and recipe["eval_every_epochs"]:
-        from gflv2_keras.evaluation.callback import CocoEvaluationCallback
+        ``LearningRateLogger`` and ``CocoEvaluationCallback`` come before the checkpointer so
+        ``lr`` and ``val_AP...`` enter the stored history; the non-chief workers keep the
+        checkpointer (it counts the history) but write nothing.
+        """
+        options, recipe, work_dir = self.options, self.recipe, self.options.work_dir
+        checkpointer = CheckpointCallback(
+            str(options.checkpoint_dir),
+            self.run_state(data, schedule),
+            every_n_steps=recipe["checkpoint_every_steps"],
+            keep=recipe["keep_checkpoints"],
+            history=history,
+            write=self.chief,
+        )
+        timer = StepTimer(data.global_batch_size)
+        callbacks = [LearningRateLogger(schedule)]
+        if options.evaluate and recipe["eval_every_epochs"]:
+            from gflv2_keras.evaluation.callback import CocoEvaluationCallback
 
-        all_callbacks.append(
-            CocoEvaluationCallback(
-                paths["val_annotations"],
-                paths["val_images"],
-                every_n_epochs=recipe["eval_every_epochs"],
-                max_images=recipe["eval_max_images"],
-                output_json=str(work_dir / "detections" / "epoch_{epoch}.json") if chief else None,
+            callbacks.append(
+                CocoEvaluationCallback(
+                    options.data_paths["val_annotations"],
+                    options.data_paths["val_images"],
+                    every_n_epochs=recipe["eval_every_epochs"],
+                    max_images=recipe["eval_max_images"],
+                    output_json=str(work_dir / "detections" / "epoch_{epoch}.json") if self.chief else None,
+                )
             )
-        )
-    all_callbacks += [checkpointer, timer]
-    if chief:
-        all_callbacks.append(keras.callbacks.CSVLogger(str(work_dir / "log.csv"), append=True))
-    if tensorboard and chief:
-        if _tensorboard_available():
-            all_callbacks.append(keras.callbacks.TensorBoard(str(work_dir / "tensorboard"), write_graph=False))
-        else:
-            print("[train] TensorBoard logs skipped: the tensorboard package is not installed (pip install tensorboard)")
-    all_callbacks += list(callbacks or [])
+        callbacks += [checkpointer, timer]
+        if self.chief:
+            callbacks.append(keras.callbacks.CSVLogger(str(work_dir / "log.csv"), append=True))
+        if options.tensorboard and self.chief:
+            if tensorboard_available():
+                callbacks.append(keras.callbacks.TensorBoard(str(work_dir / "tensorboard"), write_graph=False))
+            else:
+                print("[train] TensorBoard logs skipped: the tensorboard package is not installed (pip install tensorboard)")
+        callbacks += list(options.callbacks)
+        return RunCallbacks(callbacks, checkpointer, timer)
 
-    def stream(skip):
-        data = build_dataset(
-            train_data,
-            global_batch,
-            scale=tuple(recipe["scale"]),
-            multiscale_range=recipe["multiscale_range"],
-            flip_prob=recipe["flip_prob"],
-            training=True,
-            shuffle_seed=recipe["seed"],
-            max_boxes=max_boxes,
-            num_epochs=None,
-            skip_batches=skip,
-        )
-        data = pad_to_canvas(data, canvas)
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-            data = data.with_options(options)
-        return data
+    def fit(self, model, data, callbacks, start):
+        """Stage 6: ``fit`` from iteration ``start`` to the end of the run; returns the last iteration.
 
-    iteration = start
-    while iteration < total_iterations:
-        epoch, done = divmod(iteration, steps)
-        # A resumed, partly done epoch runs its remaining steps as a fit of its own, so that
-        # epoch numbers, epoch-end checkpoints and evaluations stay those of the original run.
-        last_epoch = epoch + 1 if done else recipe["epochs"]
-        model.fit(
-            stream(iteration),
-            initial_epoch=epoch,
-            epochs=last_epoch,
-            steps_per_epoch=steps - done,
-            callbacks=all_callbacks,
-            verbose=verbose,
-            shuffle=False,  # the stream is already in its (seeded, resumable) order
-        )
-        iteration = int(keras.ops.convert_to_numpy(optimizer.iterations))
-        if iteration < last_epoch * steps:  # fit stopped early (a callback's stop_training)
-            break
+        A resumed, partly done epoch runs its remaining steps as a ``fit`` of its own, so that
+        epoch numbers, epoch-end checkpoints and evaluations stay those of the original run.
+        """
+        steps, iteration = data.steps_per_epoch, start
+        while iteration < data.total_iterations:
+            epoch, done = divmod(iteration, steps)
+            last_epoch = epoch + 1 if done else data.epochs
+            model.fit(
+                data.stream(iteration),
+                initial_epoch=epoch,
+                epochs=last_epoch,
+                steps_per_epoch=steps - done,
+                callbacks=callbacks,
+                verbose=self.options.verbose,
+                shuffle=False,  # the stream is already in its (seeded, resumable) order
+            )
+            iteration = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+            if iteration < last_epoch * steps:  # fit stopped early (a callback's stop_training)
+                break
+        return iteration
 
-    preset_dir = None
-    if save_preset and chief:
-        preset_dir = work_dir / "preset"
-        final = checkpointer.history[-1] if checkpointer.history else {}
-        metadata = {
-            "description": f"trained with recipe {recipe['name']}",
-            "recipe": recipe["name"],
-            "iterations": iteration,
-            "epochs": iteration / steps,
-            "final_epoch_logs": final,
-        }
-        model.save_to_preset(str(preset_dir), metadata=metadata, overwrite=True)  # the run's own folder
-        print(f"[train] preset folder written: {preset_dir}")
-    if chief:
-        (work_dir / "history.json").write_text(json.dumps(checkpointer.history, indent=2))
-    return {
-        "history": checkpointer.history,
-        "work_dir": str(work_dir),
-        "preset_dir": str(preset_dir) if preset_dir else None,
-        "model": model,
-        "iterations": iteration,
-        "steps_per_epoch": steps,
-        "global_batch_size": global_batch,
-        "train_seconds": timer.total_seconds,
-        "images_per_second": timer.images_per_second(),
-    }
+    def write_outputs(self, model, data, iteration, history):
+        """Stage 7: the chief writes ``WORK_DIR/preset`` (unless ``save_preset=False``) and ``history.json``.
+
+        Returns the preset folder, or None when none was written.
+        """
+        if not self.chief:
+            return None
+        work_dir, preset_dir = self.options.work_dir, None
+        if self.options.save_preset:
+            preset_dir = work_dir / "preset"
+            metadata = {
+                "description": f"trained with recipe {self.recipe['name']}",
+                "recipe": self.recipe["name"],
+                "iterations": iteration,
+                "epochs": iteration / data.steps_per_epoch,
+                "final_epoch_logs": history[-1] if history else {},
+            }
+            model.save_to_preset(str(preset_dir), metadata=metadata, overwrite=True)  # the run's own folder
+            print(f"[train] preset folder written: {preset_dir}")
+        (work_dir / "history.json").write_text(json.dumps(history, indent=2))
+        return preset_dir
+
+
+def training_stream(dataset, recipe, global_batch_size, canvas, max_boxes, strategy, skip_batches=0):
+    """The endless training stream from global batch ``skip_batches`` on, padded to ``canvas``.
+
+    Order, scale and flip are functions of ``(seed, epoch, position)``
+    (``data.pipeline.build_dataset``), so the stream started at ``skip_batches = iteration`` is
+    the one an uninterrupted run sees from that iteration (exact resume). Batches are
+    ``images [global_batch_size, H, W, 3]`` float32 with ``(H, W) = canvas`` and the targets of
+    ``build_dataset`` (``max_boxes`` boxes per image, or the largest count of the batch).
+    """
+    from gflv2_keras.data.pipeline import build_dataset
+
+    stream = build_dataset(
+        dataset,
+        global_batch_size,
+        scale=tuple(recipe["scale"]),
+        multiscale_range=recipe["multiscale_range"],
+        flip_prob=recipe["flip_prob"],
+        training=True,
+        shuffle_seed=recipe["seed"],
+        max_boxes=max_boxes,
+        num_epochs=None,
+        skip_batches=skip_batches,
+    )
+    return shard_for(strategy, pad_to_canvas(stream, canvas))
+
+
+def compile_for_training(model, learning_rate, momentum=0.9, weight_decay=1e-4, jit_compile=False):
+    """Compiles ``model`` with ``CoupledSGD`` (the official ``torch.optim.SGD``) and builds its state.
+
+    Args:
+        model: a built ``GFLV2Detector`` (under the strategy scope when there is one).
+        learning_rate: float or schedule (``WarmupStepDecay``).
+        momentum, weight_decay: SGD momentum and coupled L2 (official 0.9 and 1e-4).
+        jit_compile: compile the training step with XLA.
+
+    Returns:
+        the optimiser, whose variables exist (so a checkpoint can be restored into them).
+    """
+    if not model.built:
+        raise ValueError("compile_for_training: build the model first (model.build_for_inference())")
+    optimizer = CoupledSGD(learning_rate, momentum=momentum, weight_decay=weight_decay)
+    model.compile(optimizer=optimizer, jit_compile=bool(jit_compile))
+    optimizer.build(model.trainable_variables)
+    return optimizer
 
 
 def load_pretrained_backbone(model, path):
@@ -379,46 +407,11 @@ def load_pretrained_backbone(model, path):
     print(f"[train] backbone initialised from {path}: {report.tensors} tensors, {report.parameters:,} parameters")
 
 
-def _tensorboard_available():
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None
-
-
-def _check_resume_state(path, state, run_state):
-    for field in ("steps_per_epoch", "global_batch_size", "shuffle_seed", "preset"):
+def check_resume_state(path, state, run_state):
+    """Raises ``ValueError`` naming the first ``RESUME_MUST_MATCH`` field where the checkpoint differs."""
+    for field in RESUME_MUST_MATCH:
         if state.get(field) != run_state[field]:
             raise ValueError(
                 f"{path}: cannot resume exactly, checkpoint {field} = {state.get(field)!r} but this run has "
                 f"{run_state[field]!r} (use the same recipe, batch size, replicas and data)"
             )
-
-
-class _StepTimer(keras.callbacks.Callback):
-    """Wall time of training steps; throughput excludes the first step of each fit (tracing)."""
-
-    def __init__(self, global_batch):
-        super().__init__()
-        self.global_batch = global_batch
-        self.total_seconds = 0.0
-        self.steady_seconds = 0.0
-        self.steady_steps = 0
-        self._first = True
-        self._start = None
-
-    def on_train_begin(self, logs=None):
-        self._first = True
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        elapsed = time.perf_counter() - self._start
-        self.total_seconds += elapsed
-        if not self._first:
-            self.steady_seconds += elapsed
-            self.steady_steps += 1
-        self._first = False
-
-    def images_per_second(self):
-        return self.global_batch * self.steady_steps / self.steady_seconds if self.steady_steps else None

@@ -1,0 +1,68 @@
+"""The trainer's own Keras callbacks: the learning rate in the logs and the step timer."""
+
+import importlib.util
+import time
+
+import keras
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds ``lr``, the learning rate of the step just taken, to the batch and epoch logs."""
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def _lr(self):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
+        return float(keras.ops.convert_to_numpy(self.schedule(max(step, 0))))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None:
+            logs["lr"] = self._lr()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = self._lr()
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of training steps; throughput excludes the first step of each fit (tracing).
+
+    Args:
+        global_batch_size: images per step over all replicas.
+    """
+
+    def __init__(self, global_batch_size):
+        super().__init__()
+        self.global_batch_size = global_batch_size
+        self.total_seconds = 0.0
+        self.steady_seconds = 0.0
+        self.steady_steps = 0
+        self._first = True
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        self._first = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        elapsed = time.perf_counter() - self._start
+        self.total_seconds += elapsed
+        if not self._first:
+            self.steady_seconds += elapsed
+            self.steady_steps += 1
+        self._first = False
+
+    def images_per_second(self):
+        """Steady-state images per second, or None before a second step of a fit."""
+        if not self.steady_steps:
+            return None
+        return self.global_batch_size * self.steady_steps / self.steady_seconds
+
+
+def tensorboard_available():
+    """Whether ``keras.callbacks.TensorBoard`` can write (the ``tensorboard`` package is installed)."""
+    return importlib.util.find_spec("tensorboard") is not None

@@ -1,0 +1,203 @@
+"""What one training run is: the recipe merged with the caller's overrides, checked in one place.
+
+``resolve_run(recipe, work_dir, data_root=..., strategy=..., **overrides)`` returns a frozen
+``TrainOptions``; every stage of the trainer reads it and nothing else. A wrong override (an
+unknown name, a wrong type, a value out of range, a missing data path) raises one ``ValueError``
+(``FileNotFoundError`` for missing training files) naming the field, before a strategy, a
+dataset or a model is built. The role of mmdet's ``tools/train.py`` merging ``--cfg-options``
+into the config before ``mmdet/apis/train.py train_detector`` runs.
+"""
+
+import dataclasses
+import numbers
+import os
+from pathlib import Path
+from types import MappingProxyType
+
+import tensorflow as tf
+
+from gflv2_keras.training.strategy import STRATEGIES
+
+DATA_FIELDS = ("train_annotations", "train_images", "val_annotations", "val_images")
+# Boxes per image when XLA needs fixed shapes and the recipe does not set max_boxes (COCO
+# train2017 has at most 93 non-crowd boxes in an image).
+XLA_MAX_BOXES = 100
+VERBOSITY = ("auto", 0, 1, 2)
+
+# name -> meaning of every keyword ``train`` accepts besides its named arguments.
+OVERRIDES = {
+    "epochs": "the recipe's number of epochs (int >= 1)",
+    "batch_per_replica": "the recipe's images per replica (int >= 1)",
+    "train_annotations": "training annotation file (absolute or relative to the current folder)",
+    "train_images": "training image folder",
+    "val_annotations": "validation annotation file",
+    "val_images": "validation image folder",
+    "steps_per_epoch": "cap on the steps of an epoch (int >= 1; smoke tests, benchmarks); None: one pass",
+    "cpu_devices": "split the CPU into N logical devices (int >= 1; mirrored without GPUs)",
+    "jit_compile": "compile the training step with XLA (bool; fixed box count: max_boxes)",
+    "evaluate": "run the COCO evaluation callback every recipe eval_every_epochs (bool)",
+    "tensorboard": "write TensorBoard logs (bool)",
+    "save_preset": "write WORK_DIR/preset at the end (bool)",
+    "verbose": "fit verbosity: 'auto', 0, 1 or 2",
+}
+DEFAULTS = {
+    "epochs": None,
+    "batch_per_replica": None,
+    "train_annotations": None,
+    "train_images": None,
+    "val_annotations": None,
+    "val_images": None,
+    "steps_per_epoch": None,
+    "cpu_devices": None,
+    "jit_compile": False,
+    "evaluate": True,
+    "tensorboard": True,
+    "save_preset": True,
+    "verbose": "auto",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """One resolved training run.
+
+    Attributes:
+        recipe: the validated recipe with ``epochs`` / ``batch_per_replica`` overrides applied
+            (read-only mapping; ``dict(options.recipe)`` is what ``recipe.json`` holds).
+        work_dir: absolute output folder.
+        data_paths: absolute ``train_annotations``, ``train_images``, ``val_annotations``,
+            ``val_images`` (read-only mapping).
+        strategy: a name of ``STRATEGIES`` or a ``tf.distribute.Strategy``.
+        cpu_devices, resume, callbacks, steps_per_epoch, jit_compile, evaluate, tensorboard,
+        save_preset, verbose: see ``OVERRIDES`` and ``trainer.train``.
+    """
+
+    recipe: MappingProxyType
+    work_dir: Path
+    data_paths: MappingProxyType
+    strategy: object = "none"
+    cpu_devices: int = None
+    resume: bool = False
+    callbacks: tuple = ()
+    steps_per_epoch: int = None
+    jit_compile: bool = False
+    evaluate: bool = True
+    tensorboard: bool = True
+    save_preset: bool = True
+    verbose: object = "auto"
+
+    @property
+    def max_boxes(self):
+        """Boxes per image of a batch: the recipe's, or ``XLA_MAX_BOXES`` under XLA, else None (largest)."""
+        return self.recipe["max_boxes"] or (XLA_MAX_BOXES if self.jit_compile else None)
+
+    @property
+    def checkpoint_dir(self):
+        return self.work_dir / "checkpoints"
+
+
+def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resume=False, callbacks=None, **overrides):
+    """Merges ``recipe`` and the overrides into a ``TrainOptions``, checking every value.
+
+    Args:
+        recipe: a recipe dict (``recipes.load_recipe`` / ``coco_recipe``); validated with
+            ``recipes.validate_recipe`` after the overrides are applied.
+        work_dir: output folder (default ``work_dirs/<recipe name>``).
+        data_root: folder the recipe's data paths are relative to.
+        strategy: a name of ``STRATEGIES`` or a ``tf.distribute.Strategy``.
+        resume: bool.
+        callbacks: None or a sequence of ``keras.callbacks.Callback``.
+        **overrides: names of ``OVERRIDES``.
+
+    Raises:
+        ValueError: naming the field, for an unknown override, a wrong type or range, or no
+            source for a data path; ``FileNotFoundError`` for missing training files.
+    """
+    from gflv2_keras.recipes import validate_recipe
+
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise ValueError(f"train: unknown option(s) {unknown}; known: {sorted(OVERRIDES)}")
+    values = {**DEFAULTS, **overrides}
+    for field in ("epochs", "batch_per_replica", "steps_per_epoch", "cpu_devices"):
+        _check(field, values[field], values[field] is None or _is_int(values[field]) and values[field] >= 1,
+               "None or an int >= 1")
+    for field in ("jit_compile", "evaluate", "tensorboard", "save_preset"):
+        _check(field, values[field], isinstance(values[field], bool), "True or False")
+    _check("resume", resume, isinstance(resume, bool), "True or False")
+    verbose = values["verbose"]
+    _check("verbose", verbose, not isinstance(verbose, bool) and verbose in VERBOSITY, f"one of {VERBOSITY}")
+    for field in (*DATA_FIELDS, "data_root"):
+        value = data_root if field == "data_root" else values[field]
+        _check(field, value, value is None or _is_path(value), "None or a non-empty path")
+    _check("work_dir", work_dir, work_dir is None or _is_path(work_dir), "None or a non-empty path")
+    is_strategy = isinstance(strategy, tf.distribute.Strategy)
+    _check("strategy", strategy, is_strategy or strategy in STRATEGIES,
+           f"one of {STRATEGIES} or a tf.distribute.Strategy")
+    if is_strategy and values["cpu_devices"]:
+        raise ValueError("train: cpu_devices applies to a strategy name, not to a tf.distribute.Strategy object")
+    callbacks = tuple(callbacks or ())
+    for i, callback in enumerate(callbacks):
+        _check(f"callbacks[{i}]", callback, isinstance(callback, _keras_callback()), "a keras.callbacks.Callback")
+    if not isinstance(recipe, dict):
+        raise ValueError(f"train: recipe must be a dict (recipes.load_recipe), got {type(recipe).__name__}")
+
+    recipe = dict(recipe)
+    for field in ("epochs", "batch_per_replica"):
+        if values[field] is not None:
+            recipe[field] = int(values[field])
+    recipe = validate_recipe(recipe, f"recipe {recipe.get('name')!r}")
+    return TrainOptions(
+        recipe=MappingProxyType(recipe),
+        work_dir=Path(work_dir or Path("work_dirs") / recipe["name"]).absolute(),
+        data_paths=MappingProxyType(resolve_data_paths(recipe, data_root, **{f: values[f] for f in DATA_FIELDS})),
+        strategy=strategy,
+        cpu_devices=values["cpu_devices"],
+        resume=resume,
+        callbacks=callbacks,
+        **{f: values[f] for f in ("steps_per_epoch", "jit_compile", "evaluate", "tensorboard", "save_preset", "verbose")},
+    )
+
+
+def resolve_data_paths(recipe, data_root=None, **paths):
+    """Absolute ``train_annotations``, ``train_images``, ``val_annotations``, ``val_images``.
+
+    Recipe paths are relative to ``data_root``; a non-None entry of ``paths`` replaces one
+    (absolute or relative to the current folder). Missing training files raise
+    ``FileNotFoundError`` naming the file and the recipe field.
+    """
+    resolved = {}
+    for field in DATA_FIELDS:
+        if paths.get(field):
+            resolved[field] = os.path.abspath(paths[field])
+        elif data_root is not None:
+            resolved[field] = os.path.abspath(os.path.join(data_root, recipe[field]))
+        else:
+            raise ValueError(f"no data: pass data_root (or --data-root), or the {field} path")
+    for field in ("train_annotations", "train_images"):
+        if not os.path.exists(resolved[field]):
+            raise FileNotFoundError(
+                f"{resolved[field]} does not exist (recipe field {field!r} = {recipe[field]!r} under "
+                f"data root {data_root}); COCO layout: DATA_ROOT/annotations/instances_train2017.json "
+                f"and DATA_ROOT/train2017/"
+            )
+    return resolved
+
+
+def _check(field, value, ok, expected):
+    if not ok:
+        raise ValueError(f"train: {field} must be {expected}, got {value!r}")
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_path(value):
+    return isinstance(value, (str, os.PathLike)) and str(value) != ""
+
+
+def _keras_callback():
+    import keras
+
+    return keras.callbacks.Callback
