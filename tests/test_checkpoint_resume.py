@@ -51,6 +51,17 @@ def test_save_restore_round_trip_and_keep_last(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_retention_only_deletes_checkpoints_of_its_own_run(tmp_path):
+    model, optimizer = _model_and_optimizer(1)
+    for iteration in (100, 200):
+        ckpt.save_checkpoint(str(tmp_path), model, optimizer, {"iteration": iteration, "run_id": "old"}, keep=1)
+    (tmp_path / "ckpt-000000050.npz").write_bytes(b"damaged: never ours to delete")
+    for iteration in (1, 2, 3):
+        ckpt.save_checkpoint(str(tmp_path), model, optimizer, {"iteration": iteration, "run_id": "new"}, keep=2)
+    names = sorted(os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path)))
+    assert names == ["ckpt-000000002.npz", "ckpt-000000003.npz", "ckpt-000000050.npz", "ckpt-000000200.npz"]
+
+
 def test_restore_names_the_mismatching_variable(tmp_path):
     model, optimizer = _model_and_optimizer(1)
     path = ckpt.save_checkpoint(str(tmp_path), model, optimizer, {"iteration": 1})
@@ -140,6 +151,12 @@ def tiny_coco(tmp_path_factory):
     return make_synthetic_coco(str(tmp_path_factory.mktemp("coco")), num_train=10, num_val=2, seed=3)["root"]
 
 
+def _checksums(folder):
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def _nano_recipe():
     from gflv2_keras.recipes import SYNTHETIC_DATA, coco_recipe
 
@@ -180,6 +197,11 @@ def test_resume_after_crash_equals_uninterrupted_run(tiny_coco, tmp_path):
         np.testing.assert_allclose(np.asarray(wb), np.asarray(wa), rtol=1e-5, atol=1e-6, err_msg=wa.path)
     for va, vb in zip(model_a.optimizer.variables, model_b.optimizer.variables):
         np.testing.assert_allclose(np.asarray(vb), np.asarray(va), rtol=1e-5, atol=1e-6, err_msg=va.path)
+    # A new run (no --resume) into the used work dir refuses and changes nothing.
+    before = _checksums(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"already holds a training run .*--resume.*new --work-dir"):
+        train(_nano_recipe(), work_dir=str(tmp_path / "b"), **common)
+    assert _checksums(tmp_path / "b") == before
     # The per-epoch history survives the crash (epoch 1 from the checkpoint, epoch 2 resumed).
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][0]["loss"] == pytest.approx(reference["history"][0]["loss"], rel=1e-5)

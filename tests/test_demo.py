@@ -14,6 +14,12 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
     assert os.path.getsize(tmp_path / "predictions.png") > 0
     assert os.path.isfile(tmp_path / "work_dir_quick" / "preset" / "model.weights.h5")
     assert os.path.isfile(tmp_path / "curve.json")
+    # Running again into the same folder refuses (one line, exit 2) and leaves the run as it was.
+    weights = (tmp_path / "work_dir_quick" / "preset" / "model.weights.h5").read_bytes()
+    assert cli_main(["demo", "--quick", "--output", str(tmp_path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "work_dir_quick" / "preset" / "model.weights.h5").read_bytes() == weights
+    assert cli_main(["demo", "--quick", "--output", str(tmp_path), "--overwrite"]) == 0
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ Writes never damage a good checkpoint: the file is written to a temporary name i
 folder, flushed and ``fsync``-ed, then ``os.replace``-d onto its final name (atomic on POSIX),
 and the folder is ``fsync``-ed. A run killed at any moment leaves either the complete new file
 or none (plus, at worst, a stale ``.tmp`` file, which is ignored and cleaned up). Only the last
-``keep`` checkpoints are kept; older ones are deleted after the new one is in place.
+``keep`` checkpoints of the run (same ``run_id`` in their state) are kept; older ones of that
+run are deleted after the new one is in place, and files of any other run are never touched.
 ``latest_checkpoint`` also verifies that a checkpoint reads back (zip CRCs) and falls back to
 the previous one if the newest is damaged.
 """
@@ -60,7 +61,8 @@ def save_checkpoint(directory, model, optimizer, state, keep=3):
         model: the Keras model (built).
         optimizer: its optimiser (built).
         state: JSON-serialisable dict; must contain ``iteration`` (int).
-        keep: number of checkpoints to keep (>= 1).
+        keep: number of this run's checkpoints to keep (>= 1); checkpoints whose state has
+            another ``run_id`` (another run's files) are never deleted.
 
     Returns:
         The path written.
@@ -80,9 +82,22 @@ def save_checkpoint(directory, model, optimizer, state, keep=3):
     arrays["state"] = np.array(json.dumps(state))
     path = checkpoint_path(directory, state["iteration"])
     atomic_write(path, lambda f: np.savez(f, **arrays))
-    for old in list_checkpoints(directory)[:-keep]:
+    own = [p for p in list_checkpoints(directory) if _run_id(p) == state.get("run_id")]
+    for old in own[:-keep]:
         _remove(old)
     return path
+
+
+_UNREADABLE = object()
+
+
+def _run_id(path):
+    """The ``run_id`` stored in a checkpoint's state (``_UNREADABLE`` for a damaged file)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(str(data["state"])).get("run_id")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
+        return _UNREADABLE
 
 
 def atomic_write(path, write):

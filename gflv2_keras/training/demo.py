@@ -23,7 +23,7 @@ PICTURE_IMAGES = 8
 PICTURE_MIN_SCORE = 0.3
 
 
-def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False):
+def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False, overwrite=False):
     """Generates the data, trains, evaluates, draws; returns a summary dict.
 
     Args:
@@ -32,6 +32,8 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False):
         quick: a smoke run (16 training images, 1 epoch of 2 steps): checks the pipeline, not
             the accuracy.
         resume: continue an interrupted demo from its last checkpoint.
+        overwrite: start over in an ``output`` that holds a previous demo run (its work dir is
+            deleted); without it (or ``resume``) such a folder is refused, unchanged.
 
     Returns:
         dict: ``history`` (per-epoch logs), ``AP``, ``AP50`` (last evaluation), ``seconds``,
@@ -39,10 +41,21 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False):
     """
     from gflv2_keras.data.synthetic import make_synthetic_coco
     from gflv2_keras.recipes import load_recipe
+    from gflv2_keras.training.options import run_outputs_in
     from gflv2_keras.training.trainer import train
+    from gflv2_keras.utils.files import remove_path
 
     start = time.perf_counter()
     output = Path(output).absolute()
+    work_dir = output / ("work_dir_quick" if quick else "work_dir")
+    if run_outputs_in(work_dir) and not resume:
+        if not overwrite:
+            raise ValueError(
+                f"{output} holds a previous demo run ({work_dir}): pass --resume to continue it, --overwrite "
+                "to start over, or choose another --output; nothing was changed"
+            )
+        print(f"[demo] --overwrite: removing the previous run {work_dir}")
+        remove_path(work_dir)
     spec = QUICK_DATA if quick else DEMO_DATA
     data_root = output / ("data_quick" if quick else "data")
     marker = data_root / "dataset.json"
@@ -55,7 +68,7 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False):
         recipe.update(epochs=1, lr_steps=[], warmup_iters=1, checkpoint_every_steps=1)
     result = train(
         recipe,
-        output / ("work_dir_quick" if quick else "work_dir"),
+        work_dir,
         data_root=data_root,
         epochs=epochs,
         resume=resume,
@@ -151,9 +164,10 @@ def register(subparsers):
     parser.add_argument("--epochs", type=int, help="override the demo recipe's epochs")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few images, 2 steps")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted demo")
+    parser.add_argument("--overwrite", action="store_true", help="start over, deleting a previous demo run in --output")
     parser.set_defaults(func=_run)
 
 
 def _run(args):
-    run_demo(args.output, epochs=args.epochs, quick=args.quick, resume=args.resume)
+    run_demo(args.output, epochs=args.epochs, quick=args.quick, resume=args.resume, overwrite=args.overwrite)
     return 0

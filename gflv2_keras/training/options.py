@@ -147,9 +147,12 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
         if values[field] is not None:
             recipe[field] = int(values[field])
     recipe = validate_recipe(recipe, f"recipe {recipe.get('name')!r}")
+    work_dir = Path(work_dir or Path("work_dirs") / recipe["name"]).absolute()
+    if not resume:
+        refuse_used_work_dir(work_dir)
     return TrainOptions(
         recipe=MappingProxyType(recipe),
-        work_dir=Path(work_dir or Path("work_dirs") / recipe["name"]).absolute(),
+        work_dir=work_dir,
         data_paths=MappingProxyType(resolve_data_paths(recipe, data_root, **{f: values[f] for f in DATA_FIELDS})),
         strategy=strategy,
         cpu_devices=values["cpu_devices"],
@@ -157,6 +160,25 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
         callbacks=callbacks,
         **{f: values[f] for f in ("steps_per_epoch", "jit_compile", "evaluate", "tensorboard", "save_preset", "verbose")},
     )
+
+
+# What a training run writes in its work dir; any of them means the folder holds a run.
+RUN_OUTPUTS = ("checkpoints", "preset", "history.json", "log.csv", "recipe.json")
+
+
+def run_outputs_in(work_dir):
+    """Names of ``RUN_OUTPUTS`` present in ``work_dir`` (empty: no run has written there)."""
+    return [name for name in RUN_OUTPUTS if (Path(work_dir) / name).exists()]
+
+
+def refuse_used_work_dir(work_dir):
+    """``ValueError`` when ``work_dir`` holds another run's outputs (a new run must not replace them)."""
+    found = run_outputs_in(work_dir)
+    if found:
+        raise ValueError(
+            f"{work_dir} already holds a training run ({', '.join(found)}): pass --resume (resume=True) to "
+            "continue it, or choose a new --work-dir; nothing was changed"
+        )
 
 
 def resolve_data_paths(recipe, data_root=None, **paths):

@@ -39,6 +39,7 @@ the ``tensorboard`` package is installed), ``preset/``, ``recipe.json``, ``histo
 import dataclasses
 import functools
 import json
+import uuid
 from typing import Callable, NamedTuple
 
 import keras
@@ -136,6 +137,7 @@ class Trainer:
             strategy = build_strategy(strategy, options.cpu_devices)
         self.strategy = strategy
         self.chief = is_chief(strategy)
+        self.run_id = None  # set by restore_or_start: new, or the resumed run's
 
     def run(self):
         """All the stages; returns the dict documented in ``train``."""
@@ -237,6 +239,7 @@ class Trainer:
             "shuffle_seed": recipe["seed"],
             "epochs": recipe["epochs"],
             "base_lr": schedule.base_lr,
+            "run_id": self.run_id,
         }
 
     def restore_or_start(self, model, data, schedule):
@@ -247,6 +250,7 @@ class Trainer:
         work dir and writes ``recipe.json`` (the resolved recipe, overrides applied).
         """
         history, start = [], 0
+        self.run_id = uuid.uuid4().hex
         checkpoint_dir = self.options.checkpoint_dir
         if self.options.resume:
             path = latest_checkpoint(checkpoint_dir)
@@ -257,6 +261,7 @@ class Trainer:
                     state = restore_checkpoint(path, model, model.optimizer)
                 check_resume_state(path, state, self.run_state(data, schedule))
                 history, start = state["history"], state["iteration"]
+                self.run_id = state.get("run_id")  # the resumed run's checkpoints are this run's own
                 steps = data.steps_per_epoch
                 print(f"[train] resumed from {path}: iteration {start}, epoch {start // steps} + {start % steps} steps")
         if self.chief:
