@@ -116,7 +116,7 @@ def _keras_detections(detector, scores, box_logits, hw=INPUT_HW):
     )
     n = int(out["num_detections"][0])
     return (np.asarray(out["boxes"][0, :n]), np.asarray(out["confidence"][0, :n]),
-            np.asarray(out["classes"][0, :n]).astype(np.int64))
+            np.asarray(out["labels"][0, :n]).astype(np.int64))
 
 
 def _match_detections(reference, keras_dets):

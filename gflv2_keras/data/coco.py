@@ -52,7 +52,7 @@ class CocoDataset:
         records: list of dicts, one per kept image, in file order:
             ``image_id`` (int), ``file_name`` (absolute path), ``height``, ``width`` (ints, as
             written in the file), ``boxes`` float32 ``[K, 4]`` xyxy original pixels clipped to
-            the image, ``classes`` int32 ``[K]`` contiguous ``0..C-1``.
+            the image, ``labels`` int32 ``[K]`` contiguous ``0..C-1`` (class indices).
         category_ids: the file's category ids, sorted ascending.
         class_names: ``name`` of each category, in the same order.
         problems: human-readable strings, one per skipped or suspicious entry.
@@ -93,7 +93,7 @@ class CocoDataset:
 
     def summary(self):
         """One line: what was kept and what was skipped."""
-        num_boxes = sum(len(r["classes"]) for r in self.records)
+        num_boxes = sum(len(r["labels"]) for r in self.records)
         skipped = ", ".join(f"{n} {reason}" for reason, n in self.skipped.items() if n) or "nothing"
         line = (
             f"{os.path.basename(self.annotation_file)}: {len(self.records)} images, {num_boxes} boxes, "
@@ -162,7 +162,7 @@ def load_coco(annotation_file, image_dir, for_training=True, min_size=MIN_TRAIN_
             {
                 **info,
                 "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-                "classes": np.asarray(labels, np.int32).reshape(-1),
+                "labels": np.asarray(labels, np.int32).reshape(-1),
             }
         )
 
