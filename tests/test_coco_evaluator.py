@@ -154,6 +154,23 @@ def test_run_detector_maps_labels_and_keeps_original_pixels(gt_file, tmp_path, c
     json.dumps(results)  # plain python types
 
 
+def test_run_detector_reads_the_detector_bounding_box_format(gt_file, tmp_path):
+    dataset = load_coco(gt_file, tmp_path, for_training=False, verbose=False)
+    expected = run_detector(_ground_truth_detector(), dataset, progress=False)
+
+    def rel_yxyx(image):  # float64 NumPy: xyxy pixels → (y1, x1, y2, x2) / (h, w, h, w)
+        out = _ground_truth_detector().outputs(image)
+        h, w = image.shape[:2]
+        out["boxes"] = out["boxes"].astype(np.float64)[:, [1, 0, 3, 2]] / [h, w, h, w]
+        return out
+
+    relative = FakeDetector(rel_yxyx)
+    relative.bounding_box_format = "rel_yxyx"
+    results = run_detector(relative, dataset, progress=False)
+    assert [r["category_id"] for r in results] == [r["category_id"] for r in expected] and len(results) == 5
+    np.testing.assert_allclose([r["bbox"] for r in results], [r["bbox"] for r in expected], atol=1e-4)
+
+
 def test_run_detector_rejects_out_of_range_labels(gt_file, tmp_path):
     dataset = load_coco(gt_file, tmp_path, for_training=False, verbose=False)
     detector = FakeDetector(lambda image: {"boxes": np.zeros((1, 4)), "confidence": np.ones(1), "labels": np.array([2])})

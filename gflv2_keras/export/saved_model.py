@@ -105,7 +105,9 @@ def _serving_functions(detector):
     k = int(detector.test_config["max_detections"])
     names = detector.class_names
     detect_batch = tf.function(
-        lambda images: detector.detect_batch(images, bounding_box_format="xyxy"), input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)], autograph=False
+        lambda images: detector.detect_batch(images, bounding_box_format="xyxy"),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
+        autograph=False,
     )
     per_image_spec = {
         "boxes": tf.TensorSpec([k, 4], tf.float32),
