@@ -156,7 +156,7 @@ def _run_parity(config, tmp_path, preset=None, hw=INPUT_HW, seed=0):
         levels = model(x_torch)
     ref_scores, ref_boxes = ref.flatten_outputs(levels)
     out = detector(x_keras, training=False)
-    k_scores, k_boxes = np.asarray(out["scores"]), np.asarray(out["box_logits"])
+    k_scores, k_boxes = np.asarray(out["confidence"]), np.asarray(out["box_logits"])
     return {
         "detector": detector,
         "result": result,
