@@ -29,8 +29,8 @@ SIGNATURE_INPUTS = {"serving_default": "image_bytes", "image_tensor": "image_ten
 # served output name -> key in the parsed per-image dicts
 OUTPUT_KEYS = {
     "detection_boxes": "boxes",
-    "detection_scores": "scores",
-    "detection_classes": "classes",
+    "detection_scores": "confidence",
+    "detection_classes": "labels",
     "detection_class_names": "class_names",
 }
 FORMS = ("instances", "inputs")
@@ -88,7 +88,7 @@ def parse_rest_response(response):
 
     Returns:
         A list with, per image, ``{"boxes": [[x1, y1, x2, y2], ...] original pixels,
-        "scores": [...], "classes": [int, ...] 0-based, "class_names": [...] (only when the
+        "confidence": [...], "labels": [int, ...] 0-based, "class_names": [...] (only when the
         model was exported with class names)}``, padding rows removed.
 
     Raises:
@@ -115,7 +115,7 @@ def _columns_to_rows(columns):
 def _trim(row):
     count = int(row["num_detections"])
     detections = {key: list(row[name][:count]) for name, key in OUTPUT_KEYS.items() if name in row}
-    detections["classes"] = [int(c) for c in detections["classes"]]
+    detections["labels"] = [int(c) for c in detections["labels"]]
     return detections
 
 
@@ -234,12 +234,12 @@ def _read_bytes(path):
 
 
 def _print_detections(path, detections, min_score):
-    labels = detections.get("class_names") or detections["classes"]
-    kept = [i for i, score in enumerate(detections["scores"]) if score >= min_score]
-    print(f"{path}: {len(detections['scores'])} detections, {len(kept)} with score >= {min_score}")
+    names = detections.get("class_names") or detections["labels"]
+    kept = [i for i, score in enumerate(detections["confidence"]) if score >= min_score]
+    print(f"{path}: {len(detections['confidence'])} detections, {len(kept)} with confidence >= {min_score}")
     for i in kept:
         box = ", ".join(f"{v:.1f}" for v in detections["boxes"][i])
-        print(f"  {labels[i]!s:>16}  {detections['scores'][i]:.3f}  xyxy=({box})")
+        print(f"  {names[i]!s:>16}  {detections['confidence'][i]:.3f}  xyxy=({box})")
 
 
 if __name__ == "__main__":

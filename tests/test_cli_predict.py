@@ -65,9 +65,21 @@ def test_predict_cli_writes_detections_in_original_pixels(tmp_path, capsys):
     assert code == 0
     dets = json.loads((tmp_path / "o" / "a.json").read_text())["detections"]
     # top 5 after NMS, minus any of the redundant background column (dropped last, as bbox2result does)
-    assert 1 <= len(dets) <= 5 and all(0 <= d["class_id"] < 3 for d in dets)
+    assert 1 <= len(dets) <= 5 and all(0 <= d["label"] < 3 for d in dets)
     boxes = np.array([d["box"] for d in dets])
     assert boxes[:, [0, 2]].max() <= 200.01 and boxes[:, [1, 3]].max() <= 120.01
+    direct = detector.detect(np.full((120, 200, 3), 128, np.uint8))
+    np.testing.assert_allclose(boxes, direct["boxes"], atol=0.006)  # JSON rounds to 2 decimals
+    assert [d["label"] for d in dets] == direct["labels"].tolist()
+    np.testing.assert_allclose([d["confidence"] for d in dets], direct["confidence"], atol=1e-5)
+
+    # A preset in another bounding_box_format still writes xyxy pixels.
+    relative = GFLV2Detector.from_preset(str(tmp_path / "preset"), bounding_box_format="rel_yxyx")
+    relative.save_to_preset(tmp_path / "rel_preset")
+    assert json.loads((tmp_path / "rel_preset" / "config.json").read_text())["config"]["bounding_box_format"] == "rel_yxyx"
+    code = main(["predict", str(tmp_path / "a.png"), "--preset", str(tmp_path / "rel_preset"), "--output", str(tmp_path / "r")])
+    assert code == 0
+    assert json.loads((tmp_path / "r" / "a.json").read_text())["detections"] == dets
 
 
 def test_predict_cli_without_images_fails_clearly(tmp_path, capsys):

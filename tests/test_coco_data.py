@@ -61,8 +61,8 @@ def test_training_records_follow_the_official_filters(tmp_path, content, capsys)
     assert second["file_name"] == os.path.join(str(tmp_path), "images", "sub", "b.jpg")
     assert (first["height"], first["width"]) == (100, 200)
     np.testing.assert_allclose(first["boxes"], [[10, 20, 40, 60], [0, 0, 200, 100], [0, 90, 200, 100]])
-    np.testing.assert_array_equal(first["classes"], [0, 2, 1])
-    assert first["boxes"].dtype == np.float32 and first["classes"].dtype == np.int32
+    np.testing.assert_array_equal(first["labels"], [0, 2, 1])
+    assert first["boxes"].dtype == np.float32 and first["labels"].dtype == np.int32
     np.testing.assert_allclose(second["boxes"], [[5.5, 6, 15.5, 18]])
     assert ds.skipped["crowd/ignore boxes"] == 2
     assert ds.skipped["degenerate boxes"] == 4
@@ -89,7 +89,7 @@ def test_problems_name_the_annotation_image_and_field(tmp_path, content):
 def test_evaluation_records_keep_every_image(tmp_path, content):
     ds = load_coco(_write(tmp_path, content), tmp_path, for_training=False, verbose=False)
     assert [r["image_id"] for r in ds.records] == [1, 2, 3, 4]
-    assert ds.records[2]["boxes"].shape == (0, 4) and ds.records[2]["classes"].shape == (0,)
+    assert ds.records[2]["boxes"].shape == (0, 4) and ds.records[2]["labels"].shape == (0,)
     assert not ds.for_training
 
 

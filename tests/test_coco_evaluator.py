@@ -131,14 +131,14 @@ class FakeDetector:
         return self.outputs(image)
 
 
-def test_run_detector_maps_classes_and_keeps_original_pixels(gt_file, tmp_path, caplog):
+def test_run_detector_maps_labels_and_keeps_original_pixels(gt_file, tmp_path, caplog):
     (tmp_path / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     dataset = load_coco(gt_file, tmp_path, for_training=False, verbose=False)
     detector = FakeDetector(
         lambda image: {
             "boxes": np.array([[10.5, 20.0, 30.5, 60.0], [0, 0, image.shape[1], image.shape[0]], [1, 1, 2, 2]], np.float32),
             "confidence": np.array([0.9, 0.4, 0.3], np.float32),
-            "classes": np.array([1, 0, -1]),
+            "labels": np.array([1, 0, -1]),
         }
     )
     results = run_detector(detector, dataset, progress=False)
@@ -154,10 +154,27 @@ def test_run_detector_maps_classes_and_keeps_original_pixels(gt_file, tmp_path, 
     json.dumps(results)  # plain python types
 
 
-def test_run_detector_rejects_out_of_range_classes(gt_file, tmp_path):
+def test_run_detector_reads_the_detector_bounding_box_format(gt_file, tmp_path):
     dataset = load_coco(gt_file, tmp_path, for_training=False, verbose=False)
-    detector = FakeDetector(lambda image: {"boxes": np.zeros((1, 4)), "confidence": np.ones(1), "classes": np.array([2])})
-    with pytest.raises(ValueError, match="image id 1.*class 2.*2 categories"):
+    expected = run_detector(_ground_truth_detector(), dataset, progress=False)
+
+    def rel_yxyx(image):  # float64 NumPy: xyxy pixels → (y1, x1, y2, x2) / (h, w, h, w)
+        out = _ground_truth_detector().outputs(image)
+        h, w = image.shape[:2]
+        out["boxes"] = out["boxes"].astype(np.float64)[:, [1, 0, 3, 2]] / [h, w, h, w]
+        return out
+
+    relative = FakeDetector(rel_yxyx)
+    relative.bounding_box_format = "rel_yxyx"
+    results = run_detector(relative, dataset, progress=False)
+    assert [r["category_id"] for r in results] == [r["category_id"] for r in expected] and len(results) == 5
+    np.testing.assert_allclose([r["bbox"] for r in results], [r["bbox"] for r in expected], atol=1e-4)
+
+
+def test_run_detector_rejects_out_of_range_labels(gt_file, tmp_path):
+    dataset = load_coco(gt_file, tmp_path, for_training=False, verbose=False)
+    detector = FakeDetector(lambda image: {"boxes": np.zeros((1, 4)), "confidence": np.ones(1), "labels": np.array([2])})
+    with pytest.raises(ValueError, match="image id 1.*label 2.*2 categories"):
         run_detector(detector, dataset, progress=False)
 
 
@@ -170,7 +187,7 @@ def _ground_truth_detector():
         return {
             "boxes": np.array([[x, y, x + w, y + h] for _, (x, y, w, h) in rows], np.float32).reshape(-1, 4),
             "confidence": np.full(len(rows), 0.8, np.float32),
-            "classes": np.array([c for c, _ in rows], np.int32),
+            "labels": np.array([c for c, _ in rows], np.int32),
         }
 
     return FakeDetector(outputs)

@@ -116,7 +116,7 @@ def _keras_detections(detector, scores, box_logits, hw=INPUT_HW):
     )
     n = int(out["num_detections"][0])
     return (np.asarray(out["boxes"][0, :n]), np.asarray(out["confidence"][0, :n]),
-            np.asarray(out["classes"][0, :n]).astype(np.int64))
+            np.asarray(out["labels"][0, :n]).astype(np.int64))
 
 
 def _match_detections(reference, keras_dets):
@@ -156,7 +156,7 @@ def _run_parity(config, tmp_path, preset=None, hw=INPUT_HW, seed=0):
         levels = model(x_torch)
     ref_scores, ref_boxes = ref.flatten_outputs(levels)
     out = detector(x_keras, training=False)
-    k_scores, k_boxes = np.asarray(out["scores"]), np.asarray(out["box_logits"])
+    k_scores, k_boxes = np.asarray(out["confidence"]), np.asarray(out["box_logits"])
     return {
         "detector": detector,
         "result": result,

@@ -26,7 +26,7 @@ def nano():
 def test_output_shapes_for_odd_and_even_sizes(nano, hw):
     out = nano(np.zeros((2,) + hw + (3,), np.float32))
     n = sum(h * w for h, w in level_sizes(*hw))
-    assert out["scores"].shape == (2, n, 4)  # 3 classes + the official background column
+    assert out["confidence"].shape == (2, n, 4)  # 3 classes + the official background column
     assert out["box_logits"].shape == (2, n, 68)
     # The per-level feature maps really have the sizes the points are laid on.
     feats = nano.neck(nano.backbone(np.zeros((1,) + hw + (3,), np.float32)))
@@ -81,7 +81,7 @@ def test_dgqp_and_joint_score_match_numpy(rng):
 
 def test_initial_scores_follow_prior(nano):
     fresh = GFLV2Detector.from_preset(NANO, load_weights=False).build_for_inference()
-    scores = np.asarray(fresh(np.zeros((1, 64, 64, 3), np.float32))["scores"])
+    scores = np.asarray(fresh(np.zeros((1, 64, 64, 3), np.float32))["confidence"])
     # sigmoid(-4.595) * quality(~0.5): the official ~0.005 at initialisation
     assert 0.003 < scores.mean() < 0.007
 
@@ -92,7 +92,7 @@ def test_preset_round_trip_gives_identical_outputs(nano, tmp_path):
     assert json.loads((tmp_path / "p" / "metadata.json").read_text())["note"] == "test"
     loaded = GFLV2Detector.from_preset(str(tmp_path / "p"))
     x = np.random.default_rng(4).normal(size=(1, 64, 96, 3)).astype(np.float32)
-    for key in ("scores", "box_logits"):
+    for key in ("confidence", "box_logits"):
         np.testing.assert_array_equal(np.asarray(nano(x)[key]), np.asarray(loaded(x)[key]))
     a, b = nano.predict(images, verbose=0), loaded.predict(images, verbose=0)
     for key in a:
@@ -140,7 +140,7 @@ def test_predict_maps_boxes_to_original_pixels():
     assert len(out["boxes"]) > 0
     assert out["boxes"][:, [0, 2]].max() <= 60 + 1e-3 and out["boxes"][:, [1, 3]].max() <= 150 + 1e-3
     batch = detector.predict(image[None], verbose=0)
-    assert set(batch) == {"boxes", "confidence", "classes", "num_detections"}
+    assert set(batch) == {"boxes", "confidence", "labels", "num_detections"}
     np.testing.assert_allclose(batch["boxes"][0, : len(out["boxes"])], out["boxes"], atol=1e-4)
 
 

@@ -117,7 +117,7 @@ def assert_matches_detect(served, index, reference, class_names=CLASS_NAMES, box
     assert count == len(reference["boxes"])
     assert count > 0, "the test needs detections"
     classes = np.asarray(served["detection_classes"][index])
-    np.testing.assert_array_equal(classes[:count], reference["classes"])
+    np.testing.assert_array_equal(classes[:count], reference["labels"])
     np.testing.assert_allclose(served["detection_boxes"][index][:count], reference["boxes"], atol=box_atol, rtol=0)
     np.testing.assert_allclose(served["detection_scores"][index][:count], reference["confidence"], atol=score_atol,
                                rtol=0)
@@ -126,7 +126,7 @@ def assert_matches_detect(served, index, reference, class_names=CLASS_NAMES, box
     assert np.all(classes[count:] == -1)
     if "detection_class_names" in served:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in served["detection_class_names"][index]]
-        assert names[:count] == [class_names[c] for c in reference["classes"]]
+        assert names[:count] == [class_names[c] for c in reference["labels"]]
         assert set(names[count:]) <= {""}
 
 
@@ -415,7 +415,7 @@ def test_fresh_process_without_the_package_matches_detect_and_predict(exported, 
     predicted = exported.detector.predict(batch, verbose=0)
     served = signature_output(f"tensor{len(decoded)}")
     np.testing.assert_array_equal(served["num_detections"], predicted["num_detections"])
-    np.testing.assert_array_equal(served["detection_classes"], predicted["classes"])
+    np.testing.assert_array_equal(served["detection_classes"], predicted["labels"])
     np.testing.assert_allclose(served["detection_boxes"], predicted["boxes"], atol=1e-3, rtol=0)
     np.testing.assert_allclose(served["detection_scores"], predicted["confidence"], atol=1e-5, rtol=0)
 
@@ -482,9 +482,9 @@ def test_rest_requests_decode_as_tf_serving_would(exported, loaded):
             assert count > 0
             # TF Serving writes floats that round-trip, so boxes and scores come back exactly.
             np.testing.assert_array_equal(np.float32(detections["boxes"]), direct["detection_boxes"][i, :count])
-            np.testing.assert_array_equal(np.float32(detections["scores"]), direct["detection_scores"][i, :count])
-            assert detections["classes"] == direct["detection_classes"][i, :count].tolist()
-            assert detections["class_names"] == [CLASS_NAMES[c] for c in detections["classes"]]
+            np.testing.assert_array_equal(np.float32(detections["confidence"]), direct["detection_scores"][i, :count])
+            assert detections["labels"] == direct["detection_classes"][i, :count].tolist()
+            assert detections["class_names"] == [CLASS_NAMES[c] for c in detections["labels"]]
 
 
 def test_rest_image_tensor_requests(exported, loaded, references):
@@ -496,7 +496,7 @@ def test_rest_image_tensor_requests(exported, loaded, references):
         status, text = emulator.predict(json.dumps(body))
         assert status == 200, text
         (detections,) = client.parse_rest_response(text)
-        assert detections["classes"] == reference[1]["classes"].tolist()
+        assert detections["labels"] == reference[1]["labels"].tolist()
         np.testing.assert_allclose(detections["boxes"], reference[1]["boxes"], atol=1e-3, rtol=0)
     with pytest.raises(TypeError, match="encoded image bytes"):
         client.build_rest_request([decoded[0]], signature="serving_default")
@@ -543,7 +543,7 @@ def test_client_over_http(exported, loaded, tmp_path, capsys):
     with rest_server(TFServingRestEmulator(loaded), "gflv2_nano") as port:
         for form in ("instances", "inputs"):
             results = client.predict_rest(exported.encoded, "gflv2_nano", port=port, form=form)
-            assert [r["classes"] for r in results] == [
+            assert [r["labels"] for r in results] == [
                 direct["detection_classes"][i, :n].tolist() for i, n in enumerate(direct["num_detections"])
             ]
         with pytest.raises(client.ServingError, match="HTTP 400"):
@@ -597,7 +597,7 @@ def test_bad_image_is_an_invalid_argument_and_the_model_keeps_serving(exported, 
     status, text = emulator.predict(json.dumps(client.build_rest_request(exported.encoded[:1])))
     assert status == 200
     count = good["num_detections"][0]
-    assert client.parse_rest_response(text)[0]["classes"] == good["detection_classes"][0, :count].tolist()
+    assert client.parse_rest_response(text)[0]["labels"] == good["detection_classes"][0, :count].tolist()
 
     with pytest.raises(tf.errors.InvalidArgumentError, match="height and width must be positive"):
         loaded.signatures["image_tensor"](image_tensor=tf.zeros([1, 0, 5, 3], tf.uint8))
@@ -642,14 +642,15 @@ class ProbeDetector(keras.Model):
     def call(self, images):
         return self.layer(images)
 
-    def detect_batch(self, images):
+    def detect_batch(self, images, bounding_box_format=None):
+        assert bounding_box_format == "xyxy"  # the export's own layout, whatever the detector's
         features = self(tf.cast(images, tf.float32) / 255.0)
         batch = tf.shape(images)[0]
         score = tf.reduce_mean(features, axis=[1, 2, 3])
         return {
             "boxes": tf.zeros([batch, K, 4]),
             "confidence": tf.tile(score[:, None], [1, K]),
-            "classes": tf.zeros([batch, K], tf.int32),
+            "labels": tf.zeros([batch, K], tf.int32),
             "num_detections": tf.fill([batch], K),
         }
 
@@ -667,7 +668,7 @@ def test_keras_archive_for_tfsm_layer(tmp_path):
     assert set(tf.saved_model.load(str(path)).signatures) == {"serve", "serving_default", "image_tensor"}
     assert stored_values(path) == weight_count(probe)
     images = np.stack([pattern(20, 27, 8), pattern(20, 27, 9)])
-    expected = probe.detect_batch(tf.constant(images))["confidence"]
+    expected = probe.detect_batch(tf.constant(images), "xyxy")["confidence"]
     layer = keras.layers.TFSMLayer(str(path))  # default endpoint "serve": uint8 [N, H, W, 3]
     np.testing.assert_allclose(layer(tf.constant(images))["detection_scores"], expected, rtol=1e-6, atol=1e-7)
     layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")  # encoded images
@@ -785,7 +786,7 @@ def test_deformable_convs_are_exported_with_the_portable_path(tmp_path):
     image = pattern(20, 27, 7)
     served = tf.saved_model.load(str(path)).signatures["image_tensor"](image_tensor=tf.constant(image[None]))
     with force_portable():
-        expected = probe.detect_batch(tf.constant(image[None]))["confidence"]
+        expected = probe.detect_batch(tf.constant(image[None]), "xyxy")["confidence"]
     np.testing.assert_allclose(served["detection_scores"], expected, rtol=1e-5, atol=1e-6)
     print(f"\nthe layer used the custom op outside export: {custom}")
 

@@ -77,16 +77,16 @@ def make_batch(seed, num_columns, counts=(0, 1, 20, 4), dtype="float64"):
     gt, classes = random_gt(rng, extents, list(counts), max_boxes=max(max(counts), 1))
     n = len(points)
     batch = {
-        "scores": rng.uniform(1e-3, 0.6, (len(counts), n, num_columns)),
+        "confidence": rng.uniform(1e-3, 0.6, (len(counts), n, num_columns)),
         "box_logits": rng.normal(0, 2, (len(counts), n, 4 * (REG_MAX + 1))),
         "points": points,
         "point_strides": strides,
         "num_level_points": [h * w for h, w in sizes],
         "gt_boxes": gt,
-        "gt_classes": classes,
+        "gt_labels": classes,
         "valid_points": numpy_valid_points(sizes, extents),
     }
-    for key in ("scores", "box_logits", "gt_boxes"):
+    for key in ("confidence", "box_logits", "gt_boxes"):
         batch[key] = batch[key].astype(dtype)
     return batch
 
@@ -94,12 +94,12 @@ def make_batch(seed, num_columns, counts=(0, 1, 20, 4), dtype="float64"):
 def reference_for(batch):
     anchors = np.asarray(boxes.anchor_boxes(batch["points"], batch["point_strides"]))
     assignment = atss_reference(
-        anchors, batch["num_level_points"], batch["gt_boxes"].astype(np.float64), batch["gt_classes"],
+        anchors, batch["num_level_points"], batch["gt_boxes"].astype(np.float64), batch["gt_labels"],
         batch["valid_points"], NUM_CLASSES,
     )  # fmt: skip
-    f64 = {k: batch[k].astype(np.float64) for k in ("scores", "box_logits")}
+    f64 = {k: batch[k].astype(np.float64) for k in ("confidence", "box_logits")}
     ref = gfl_loss_reference(
-        f64["scores"], f64["box_logits"], batch["points"], batch["point_strides"], batch["num_level_points"],
+        f64["confidence"], f64["box_logits"], batch["points"], batch["point_strides"], batch["num_level_points"],
         assignment, NUM_CLASSES,
     )  # fmt: skip
     return ref, assignment
@@ -125,8 +125,8 @@ def test_gfl_loss_gradients_match_finite_differences():
     the rest matches central differences of the reference (whose assignment does not move)."""
     batch = make_batch(1, NUM_CLASSES + 1, counts=(3, 5))
     ref, assignment = reference_for(batch)
-    scores, logits = tf.constant(batch["scores"]), tf.constant(batch["box_logits"])
-    rest = {k: v for k, v in batch.items() if k not in ("scores", "box_logits")}
+    scores, logits = tf.constant(batch["confidence"]), tf.constant(batch["box_logits"])
+    rest = {k: v for k, v in batch.items() if k not in ("confidence", "box_logits")}
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([scores, logits])
         losses = gfl_loss(scores, logits, **rest, num_classes=NUM_CLASSES)
@@ -152,10 +152,10 @@ def test_gfl_loss_gradients_match_finite_differences():
         plus, minus = batch["box_logits"].copy(), batch["box_logits"].copy()
         plus[b, n, c] += eps
         minus[b, n, c] -= eps
-        fd = (reference(batch["scores"], plus)[1] - reference(batch["scores"], minus)[1]) / (2 * eps)
+        fd = (reference(batch["confidence"], plus)[1] - reference(batch["confidence"], minus)[1]) / (2 * eps)
         assert g_logits[b, n, c] == pytest.approx(fd, rel=1e-5, abs=1e-9)
     for b, n, c in zip(rng.integers(2, size=6), rng.integers(len(batch["points"]), size=6), rng.integers(8, size=6)):
-        plus, minus = batch["scores"].copy(), batch["scores"].copy()
+        plus, minus = batch["confidence"].copy(), batch["confidence"].copy()
         plus[b, n, c] += eps
         minus[b, n, c] -= eps
         fd = (reference(plus, batch["box_logits"])[0] - reference(minus, batch["box_logits"])[0]) / (2 * eps)
@@ -163,20 +163,20 @@ def test_gfl_loss_gradients_match_finite_differences():
 
 
 @pytest.mark.parametrize(
-    "gt_boxes, gt_classes",
+    "gt_boxes, gt_labels",
     [
         (np.zeros((2, 0, 4)), np.zeros((2, 0), np.int32)),  # no boxes at all
         (np.tile([[[0.0, 0, 50, 50]]], (2, 1, 1)), np.full((2, 1), -1, np.int32)),  # padding only
         (np.tile([[[3.0, 3, 5, 5]]], (2, 1, 1)), np.zeros((2, 1), np.int32)),  # boxes, no positive
     ],
 )
-def test_batches_without_positives_give_finite_losses_and_gradients(gt_boxes, gt_classes):
+def test_batches_without_positives_give_finite_losses_and_gradients(gt_boxes, gt_labels):
     batch = make_batch(2, NUM_CLASSES + 1, counts=(0, 0), dtype="float32")
-    batch["gt_boxes"], batch["gt_classes"] = gt_boxes.astype("float32"), gt_classes
+    batch["gt_boxes"], batch["gt_labels"] = gt_boxes.astype("float32"), gt_labels
     ref, assignment = reference_for(batch)
     assert not assignment["positive"].any() and np.isnan(ref["giou"])  # the official 0/0
-    scores, logits = tf.constant(batch["scores"]), tf.constant(batch["box_logits"])
-    rest = {k: v for k, v in batch.items() if k not in ("scores", "box_logits")}
+    scores, logits = tf.constant(batch["confidence"]), tf.constant(batch["box_logits"])
+    rest = {k: v for k, v in batch.items() if k not in ("confidence", "box_logits")}
     with tf.GradientTape() as tape:
         tape.watch([scores, logits])
         losses = gfl_loss(scores, logits, **rest, num_classes=NUM_CLASSES)
@@ -194,20 +194,20 @@ def test_xla_matches_eager():
     image_shapes = np.array([IMAGE_HW, (200, 256), (64, 96)], np.int32)
     static = {"points": batch["points"], "point_strides": batch["point_strides"]}
 
-    def compute(scores, logits, gt_boxes, gt_classes, shapes):
+    def compute(scores, logits, gt_boxes, gt_labels, shapes):
         valid = valid_point_mask(sizes, boxes.STRIDES, shapes)
         anchors = boxes.anchor_boxes(tf.constant(static["points"]), tf.constant(static["point_strides"]))
-        assignment = atss_assign(anchors, batch["num_level_points"], gt_boxes, gt_classes, valid, NUM_CLASSES)
+        assignment = atss_assign(anchors, batch["num_level_points"], gt_boxes, gt_labels, valid, NUM_CLASSES)
         with tf.GradientTape() as tape:
             tape.watch([scores, logits])
             losses = gfl_loss(
                 scores, logits, static["points"], static["point_strides"], batch["num_level_points"], gt_boxes,
-                gt_classes, valid, NUM_CLASSES,
+                gt_labels, valid, NUM_CLASSES,
             )  # fmt: skip
             total = losses["qfl"] + losses["dfl"] + losses["giou"]
         return assignment, losses, tape.gradient(total, [scores, logits])
 
-    args = [tf.constant(batch[k]) for k in ("scores", "box_logits", "gt_boxes", "gt_classes")]
+    args = [tf.constant(batch[k]) for k in ("confidence", "box_logits", "gt_boxes", "gt_labels")]
     args.append(tf.constant(image_shapes))
     eager = compute(*args)
     xla = tf.function(compute, jit_compile=True)(*args)

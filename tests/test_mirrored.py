@@ -34,14 +34,14 @@ SCRIPT = textwrap.dedent(
     # Replica 0 gets images 0-1 (one box each), replica 1 images 2-3 (three boxes each), so the
     # replicas' positive counts and QFL / GIoU normalisers differ.
     boxes = np.full((4, 3, 4), -1.0, np.float32)
-    classes = np.full((4, 3), -1, np.int32)
-    boxes[0, 0], classes[0, 0] = [10, 12, 50, 60], 0
-    boxes[1, 0], classes[1, 0] = [40, 20, 120, 90], 1
+    labels = np.full((4, 3), -1, np.int32)
+    boxes[0, 0], labels[0, 0] = [10, 12, 50, 60], 0
+    boxes[1, 0], labels[1, 0] = [40, 20, 120, 90], 1
     for i in (2, 3):
         boxes[i] = [[5, 5, 40, 45], [60, 10, 110, 70], [20, 50, 90, 94]]
-        classes[i] = [0, 1, 2]
+        labels[i] = [0, 1, 2]
     image_shape = np.array([[96, 128], [96, 96], [64, 128], [96, 128]], np.int32)
-    targets = {"boxes": boxes, "classes": classes, "image_shape": image_shape}
+    targets = {"boxes": boxes, "labels": labels, "image_shape": image_shape}
     dataset = tf.data.Dataset.from_tensors((images, targets))
 
     keras.utils.set_random_seed(0)

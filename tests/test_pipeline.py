@@ -80,10 +80,10 @@ def _collect(ds):
     images, boxes, classes, shapes = [], [], [], []
     for x, y in ds:
         for i in range(x.shape[0]):
-            valid = y["classes"][i].numpy() >= 0
+            valid = y["labels"][i].numpy() >= 0
             images.append(x[i].numpy())
             boxes.append(y["boxes"][i].numpy()[valid])
-            classes.append(y["classes"][i].numpy()[valid])
+            classes.append(y["labels"][i].numpy()[valid])
             shapes.append(tuple(y["image_shape"][i].numpy()))
     return images, boxes, classes, shapes
 
@@ -99,16 +99,16 @@ def test_batch_shapes_dtypes_and_padding(dataset):
     x, y = next(iter(build_dataset(dataset, batch_size=3, scale=SCALE, training=False)))
     assert x.dtype == tf.float32 and x.shape[0] == 3 and x.shape[3] == 3
     assert x.shape[1] % 32 == 0 and x.shape[2] % 32 == 0
-    assert y["boxes"].dtype == tf.float32 and y["classes"].dtype == tf.int32 and y["image_shape"].dtype == tf.int32
-    counts = [len(r["classes"]) for r in dataset.records[:3]]
-    assert y["boxes"].shape == (3, max(counts), 4) and y["classes"].shape == (3, max(counts))
+    assert y["boxes"].dtype == tf.float32 and y["labels"].dtype == tf.int32 and y["image_shape"].dtype == tf.int32
+    counts = [len(r["labels"]) for r in dataset.records[:3]]
+    assert y["boxes"].shape == (3, max(counts), 4) and y["labels"].shape == (3, max(counts))
     for i, record in enumerate(dataset.records[:3]):
         new_h, new_w = _reference_size(record["height"], record["width"], *SCALE)
         pad = (-(-new_h // 32) * 32, -(-new_w // 32) * 32)
         assert tuple(y["image_shape"][i].numpy()) == pad
-        np.testing.assert_array_equal(y["classes"][i, counts[i] :], -1)
+        np.testing.assert_array_equal(y["labels"][i, counts[i] :], -1)
         np.testing.assert_array_equal(y["boxes"][i, counts[i] :], -1.0)
-        np.testing.assert_array_equal(y["classes"][i, : counts[i]], record["classes"])
+        np.testing.assert_array_equal(y["labels"][i, : counts[i]], record["labels"])
         image = x[i].numpy()
         assert _unpadded_size(image) == (new_h, new_w)
         assert not image[new_h:].any() and not image[:, new_w:].any()
@@ -140,7 +140,7 @@ def test_training_boxes_and_images_follow_resize_and_flip(dataset, flip_prob):
         (index,) = [
             i
             for i, r in enumerate(dataset.records)
-            if _reference_size(r["height"], r["width"], *SCALE) == size and np.array_equal(r["classes"], got_classes)
+            if _reference_size(r["height"], r["width"], *SCALE) == size and np.array_equal(r["labels"], got_classes)
         ]
         record, new_h, new_w = dataset.records[index], *size
         np.testing.assert_allclose(got_boxes, _reference_boxes(record, new_h, new_w, flip_prob == 1.0), rtol=1e-6, atol=1e-4)
@@ -204,10 +204,10 @@ def test_max_boxes_gives_fixed_shapes(dataset, caplog):
     with caplog.at_level(logging.WARNING):
         ds = build_dataset(dataset, batch_size=5, scale=SCALE, training=False, max_boxes=2)
     x, y = next(iter(ds))
-    assert y["boxes"].shape == (5, 2, 4) and y["classes"].shape == (5, 2)
+    assert y["boxes"].shape == (5, 2, 4) and y["labels"].shape == (5, 2)
     assert "more than max_boxes=2" in caplog.text
-    counts = [min(len(r["classes"]), 2) for r in dataset.records]
-    np.testing.assert_array_equal((y["classes"].numpy() >= 0).sum(1), counts)
+    counts = [min(len(r["labels"]), 2) for r in dataset.records]
+    np.testing.assert_array_equal((y["labels"].numpy() >= 0).sum(1), counts)
 
 
 @pytest.mark.parametrize("check_files", ["header", None])
@@ -221,7 +221,7 @@ def test_corrupt_and_missing_images_are_skipped_and_reported(tmp_path, caplog, c
         images, _, classes, _ = _collect(build_dataset(ds, batch_size=2, scale=SCALE, training=False, check_files=check_files))
     assert len(images) == 2
     kept = [r for r in ds.records if r["image_id"] in (1, 4)]
-    assert [c.tolist() for c in classes] == [r["classes"].tolist() for r in kept]
+    assert [c.tolist() for c in classes] == [r["labels"].tolist() for r in kept]
     if check_files:
         assert sorted(ds.unreadable) == [2, 3, 5]
         for name in ("rgba.png", "image.bmp", "photo.jpg"):

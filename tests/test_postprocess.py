@@ -137,13 +137,13 @@ def test_postprocess_matches_reference(seed):
                               cfg["nms_pre"], cfg["score_threshold"], cfg["iou_threshold"], cfg["max_detections"])
         k = int(out["num_detections"][b])
         assert k == len(ref) and k > 0
-        got = [(float(s), int(c), bx) for s, c, bx in zip(out["confidence"][b, :k], out["classes"][b, :k], out["boxes"][b, :k])]
+        got = [(float(s), int(c), bx) for s, c, bx in zip(out["confidence"][b, :k], out["labels"][b, :k], out["boxes"][b, :k])]
         for (gs, gc, gb), (rs, rc, rb) in zip(_as_sorted(got), _as_sorted(ref)):
             assert gc == rc
             assert abs(gs - rs) < 1e-6
             np.testing.assert_allclose(gb, rb, atol=1e-3)
         assert np.all(np.diff(out["confidence"][b, :k]) <= 0)  # sorted by score
-        assert np.all(out["classes"][b, k:] == -1) and np.all(out["boxes"][b, k:] == -1)
+        assert np.all(out["labels"][b, k:] == -1) and np.all(out["boxes"][b, k:] == -1)
 
 
 def test_postprocess_drops_background_column_after_nms():
@@ -157,7 +157,7 @@ def test_postprocess_drops_background_column_after_nms():
     out = _run(scores, logits, sizes, (32.0, 32.0), (1.0, 1.0), 2, nms_pre=1000, score_threshold=0.05,
                iou_threshold=0.6, max_detections=100)
     assert out["num_detections"][0] == 2
-    assert list(out["classes"][0, :2]) == [1, 0]
+    assert list(out["labels"][0, :2]) == [1, 0]
     np.testing.assert_allclose(out["confidence"][0, :2], [0.7, 0.6])
 
 
@@ -183,4 +183,4 @@ def test_postprocess_empty_result():
     out = _run(scores, np.zeros((2, n, 68), np.float32), sizes, (32.0, 64.0), (1.0, 1.0), 4,
                nms_pre=1000, score_threshold=0.05, iou_threshold=0.6, max_detections=100)
     np.testing.assert_array_equal(out["num_detections"], [0, 0])
-    assert np.all(out["classes"] == -1) and np.all(out["confidence"] == -1) and out["boxes"].shape == (2, 100, 4)
+    assert np.all(out["labels"] == -1) and np.all(out["confidence"] == -1) and out["boxes"].shape == (2, 100, 4)

@@ -28,7 +28,7 @@ def test_files_form_a_clean_coco_dataset(png_dataset):
         assert [r["image_id"] for r in check_image_files(ds)] == [r["image_id"] for r in ds.records]
         for record in ds.records:
             assert 224 <= record["height"] <= 288 and 224 <= record["width"] <= 288
-            assert 1 <= len(record["classes"]) <= 6
+            assert 1 <= len(record["labels"]) <= 6
 
 
 def test_boxes_are_the_tight_extents_of_the_drawn_pixels(png_dataset):

@@ -15,7 +15,7 @@ from gflv2_keras.ops.boxes import pairwise_iou
 _CENTER_MARGIN = 0.01
 
 
-def atss_assign(anchors, num_level_points, gt_boxes, gt_classes, valid_points, num_classes, topk=9):
+def atss_assign(anchors, num_level_points, gt_boxes, gt_labels, valid_points, num_classes, topk=9):
     """Assign each anchor point of each image to one ground-truth box or to the background.
 
     Per image and ground truth, exactly as the official assigner run on the valid ("inside")
@@ -40,7 +40,7 @@ def atss_assign(anchors, num_level_points, gt_boxes, gt_classes, valid_points, n
         num_level_points: python ints, number of points of each level (sums to ``N``).
         gt_boxes: ``[B, M, 4]`` xyxy ground truth in input pixels (padding rows are ignored).
             ``M`` may be unknown while tracing, and 0.
-        gt_classes: ``[B, M]`` int class indices, ``-1`` (any negative) marks padding.
+        gt_labels: ``[B, M]`` int class indices, ``-1`` (any negative) marks padding.
         valid_points: ``[B, N]`` bool, points inside each image's own padded extent. Invalid
             points are never candidates (nor counted in a level's ``n_valid_level``) and end
             as background with weight 0.
@@ -60,9 +60,9 @@ def atss_assign(anchors, num_level_points, gt_boxes, gt_classes, valid_points, n
     # One extra padding slot: M >= 1 even when a batch has no boxes (M may be dynamic, so this
     # is simpler than a special case), and gathers below always have a row to read.
     gt_boxes = ops.pad(gt_boxes, [[0, 0], [0, 1], [0, 0]])
-    gt_classes = ops.pad(ops.cast(gt_classes, "int32"), [[0, 0], [0, 1]], constant_values=-1)
-    num_gts = ops.shape(gt_classes)[1]
-    gt_valid = gt_classes >= 0  # [B, M]
+    gt_labels = ops.pad(ops.cast(gt_labels, "int32"), [[0, 0], [0, 1]], constant_values=-1)
+    num_gts = ops.shape(gt_labels)[1]
+    gt_valid = gt_labels >= 0  # [B, M]
     # Padding rows may hold anything: replace them by a harmless box before any arithmetic.
     gt_boxes = ops.where(ops.expand_dims(gt_valid, -1), gt_boxes, 0.0)
 
@@ -99,7 +99,7 @@ def atss_assign(anchors, num_level_points, gt_boxes, gt_classes, valid_points, n
     positive = assigned < num_gts
 
     gather_index = ops.minimum(assigned, num_gts - 1)
-    labels = ops.take_along_axis(gt_classes, gather_index, axis=1)
+    labels = ops.take_along_axis(gt_labels, gather_index, axis=1)
     labels = ops.where(positive, labels, num_classes)
     target_boxes = ops.take_along_axis(gt_boxes, ops.expand_dims(gather_index, -1), axis=1)
     target_boxes = ops.where(ops.expand_dims(positive, -1), target_boxes, 0.0)

@@ -82,7 +82,7 @@ def _variant_functions(detector, inputs, image_info, mode):
 
     def post(outputs):
         return postprocess(
-            outputs["scores"], outputs["box_logits"], points, strides, sizes, image_info,
+            outputs["confidence"], outputs["box_logits"], points, strides, sizes, image_info,
             num_classes=detector.num_classes, reg_max=detector.reg_max, **detector.test_config,
         )
 

@@ -15,14 +15,14 @@ import numpy as np
 
 
 def synthetic_batch(batch, height, width, boxes_per_image=8, seed=0):
-    """Random normalised images ``[B, H, W, 3]`` and ``{"boxes", "classes"}`` targets."""
+    """Random normalised images ``[B, H, W, 3]`` and ``{"boxes", "labels"}`` targets (xyxy pixels)."""
     rng = np.random.default_rng(seed)
     images = rng.normal(size=(batch, height, width, 3)).astype(np.float32)
     xy = rng.uniform(0, 0.7, (batch, boxes_per_image, 2)) * [width, height]
     wh = rng.uniform(0.05, 0.3, (batch, boxes_per_image, 2)) * [width, height]
     boxes = np.concatenate([xy, np.minimum(xy + wh, [width, height])], -1).astype(np.float32)
-    classes = rng.integers(0, 3, (batch, boxes_per_image)).astype(np.int32)
-    return images, {"boxes": boxes, "classes": classes}
+    labels = rng.integers(0, 3, (batch, boxes_per_image)).astype(np.int32)
+    return images, {"boxes": boxes, "labels": labels}
 
 
 def run_training_benchmark(presets, height, width, batch=1, modes=("graph", "xla"), warmup=2, iterations=5, log=print):

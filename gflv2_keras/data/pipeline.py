@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 MS2X_RANGE = (480, 960)
 BOX_PADDING = -1.0
-CLASS_PADDING = -1
+LABEL_PADDING = -1
 # Upper bound of the epoch counter when ``num_epochs=None`` (an endless stream).
 _ENDLESS = 2**62
 
@@ -95,8 +95,8 @@ def build_dataset(
             multiple of 32, then to the largest in the batch);
             ``targets["boxes"]`` float32 ``[B, M, 4]`` xyxy in network-input pixels, padded
             with -1;
-            ``targets["classes"]`` int32 ``[B, M]`` contiguous class indices, padded with -1
-            (validity is ``classes >= 0``);
+            ``targets["labels"]`` int32 ``[B, M]`` contiguous class indices, padded with -1
+            (validity is ``labels >= 0``);
             ``targets["image_shape"]`` int32 ``[B, 2]`` ``(h, w)`` of each image padded to a
             multiple of 32, before batch padding.
     """
@@ -120,7 +120,7 @@ def build_dataset(
         if training:
             logger.warning("build_dataset: no shuffle_seed given, using shuffle_seed=%d", shuffle_seed)
     if max_boxes is not None:
-        too_many = [r["image_id"] for r in records if len(r["classes"]) > max_boxes]
+        too_many = [r["image_id"] for r in records if len(r["labels"]) > max_boxes]
         if too_many:
             logger.warning(
                 "build_dataset: %d images have more than max_boxes=%d boxes, the extra boxes are dropped (ids %s)",
@@ -154,11 +154,11 @@ def build_dataset(
         batch_size,
         padded_shapes=(
             [None, None, 3],
-            {"boxes": [max_boxes, 4], "classes": [max_boxes], "image_shape": [2]},
+            {"boxes": [max_boxes, 4], "labels": [max_boxes], "image_shape": [2]},
         ),
         padding_values=(
             0.0,
-            {"boxes": BOX_PADDING, "classes": CLASS_PADDING, "image_shape": 0},
+            {"boxes": BOX_PADDING, "labels": LABEL_PADDING, "image_shape": 0},
         ),
         drop_remainder=drop_remainder,
     )
@@ -195,10 +195,10 @@ def scale_and_flip_boxes(boxes, original_size, resized_size, flip):
 def _make_loader(records, seed, scale, multiscale_range, flip_prob, max_boxes):
     """The per-image map function ``(record index, epoch, position) -> (image, targets)``."""
     file_names = tf.constant([r["file_name"] for r in records])
-    counts = np.array([len(r["classes"]) for r in records], np.int64)
+    counts = np.array([len(r["labels"]) for r in records], np.int64)
     splits = tf.constant(np.concatenate([[0], np.cumsum(counts)]), tf.int64)
     all_boxes = tf.constant(np.concatenate([r["boxes"] for r in records]).reshape(-1, 4), tf.float32)
-    all_classes = tf.constant(np.concatenate([r["classes"] for r in records]), tf.int32)
+    all_labels = tf.constant(np.concatenate([r["labels"] for r in records]), tf.int32)
     long_max = max(scale)
 
     def load(index, epoch, position):
@@ -223,11 +223,11 @@ def _make_loader(records, seed, scale, multiscale_range, flip_prob, max_boxes):
         image = preprocess.pad_to_size(preprocess.normalize(image), pad_h, pad_w)
 
         boxes = all_boxes[splits[index] : splits[index + 1]]
-        classes = all_classes[splits[index] : splits[index + 1]]
+        labels = all_labels[splits[index] : splits[index + 1]]
         if max_boxes is not None:
-            boxes, classes = boxes[:max_boxes], classes[:max_boxes]
+            boxes, labels = boxes[:max_boxes], labels[:max_boxes]
         boxes = scale_and_flip_boxes(boxes, (height, width), (new_h, new_w), flip)
-        return image, {"boxes": boxes, "classes": classes, "image_shape": tf.stack([pad_h, pad_w])}
+        return image, {"boxes": boxes, "labels": labels, "image_shape": tf.stack([pad_h, pad_w])}
 
     return load
 

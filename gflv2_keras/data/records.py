@@ -150,7 +150,6 @@ def make_record(image_id, file_name, height, width, boxes, labels, ignore_boxes=
         "ignore_labels": np.asarray(ignore_labels, np.int32).reshape(-1),
         **extra,
     }
-    record["classes"] = record["labels"]  # Old key, read by the pipeline until it reads "labels".
     return record
 
 

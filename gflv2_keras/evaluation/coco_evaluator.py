@@ -2,10 +2,11 @@
 
 As the TF Model Garden ``COCOEvaluator`` and mmdet (and unlike keras-cv's ``PyCOCOCallback``),
 detections are scored in original image pixels, with the file's image ids, and with contiguous
-class indices mapped back to the file's category ids.
+labels (0-based class indices) mapped back to the file's category ids.
 
-Formats: a detector returns boxes xyxy in absolute original-image pixels; COCO result dicts
-hold ``bbox`` = ``[x, y, w, h]`` (``w = x2 - x1``, no "+1").
+Formats: a detector returns boxes of the original image in its ``bounding_box_format``
+(``keras.utils.bounding_boxes`` names; converted here to xyxy absolute original-image pixels);
+COCO result dicts hold ``bbox`` = ``[x, y, w, h]`` (``w = x2 - x1``, no "+1").
 """
 
 import contextlib
@@ -94,9 +95,11 @@ def run_detector(detector, dataset, max_images=None, progress=True):
     Args:
         detector: any object with ``detect(image)`` taking a uint8 RGB ``[H, W, 3]`` array
             (original size; the detector does its own preprocessing) and returning a dict of
-            arrays ``"boxes"`` ``[K, 4]`` xyxy original pixels, ``"confidence"`` ``[K]`` and
-            ``"classes"`` ``[K]`` contiguous 0-based indices (entries with class < 0, such as
-            -1 padding, are ignored).
+            arrays ``"boxes"`` ``[K, 4]`` of the original image in the detector's
+            ``bounding_box_format`` (any ``keras.utils.bounding_boxes`` format, ``rel_*``
+            relative to the original image; ``"xyxy"`` pixels if it has no such attribute),
+            ``"confidence"`` ``[K]`` and ``"labels"`` ``[K]`` contiguous 0-based class indices
+            (entries with label < 0, such as -1 padding, are ignored).
         dataset: a ``CocoDataset``, loaded with ``for_training=False`` so that images without
             annotations are evaluated too.
         max_images: only the first ``max_images`` records.
@@ -116,6 +119,7 @@ def run_detector(detector, dataset, max_images=None, progress=True):
         )
     records = dataset.records if max_images is None else dataset.records[:max_images]
     category_ids = np.asarray(dataset.category_ids)
+    box_format = getattr(detector, "bounding_box_format", "xyxy")
     progbar = None
     if progress:
         import keras
@@ -129,6 +133,7 @@ def run_detector(detector, dataset, max_images=None, progress=True):
             dataset.mark_unreadable(record, f"cannot be read or decoded ({type(e).__name__}: {_first_line(e)})")
         else:
             output = detector.detect(image.numpy())
+            output = {**output, "boxes": _to_xyxy_pixels(output["boxes"], box_format, image.shape)}
             results.extend(_to_coco_results(output, record["image_id"], category_ids))
         if progbar is not None:
             progbar.update(step)
@@ -157,26 +162,38 @@ def evaluate(detector, annotation_file, image_dir, output_json=None, max_images=
     return results
 
 
+def _to_xyxy_pixels(boxes, box_format, image_shape):
+    """Boxes of ``detect`` in ``box_format`` → xyxy pixels of an ``image_shape`` image (NumPy)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if box_format == "xyxy":
+        return boxes
+    import keras
+
+    height, width = int(image_shape[0]), int(image_shape[1])
+    converted = keras.utils.bounding_boxes.convert_format(boxes, box_format, "xyxy", height=height, width=width)
+    return keras.ops.convert_to_numpy(converted)
+
+
 def _to_coco_results(output, image_id, category_ids):
     boxes = np.asarray(output["boxes"], np.float64).reshape(-1, 4)
     scores = np.asarray(output["confidence"], np.float64).reshape(-1)
-    classes = np.asarray(output["classes"]).reshape(-1).astype(np.int64)
-    if not len(boxes) == len(scores) == len(classes):
+    labels = np.asarray(output["labels"]).reshape(-1).astype(np.int64)
+    if not len(boxes) == len(scores) == len(labels):
         raise ValueError(
             f"image id {image_id}: detector returned {len(boxes)} boxes, {len(scores)} confidences "
-            f"and {len(classes)} classes"
+            f"and {len(labels)} labels"
         )
-    keep = classes >= 0
-    if np.any(classes[keep] >= len(category_ids)):
+    keep = labels >= 0
+    if np.any(labels[keep] >= len(category_ids)):
         raise ValueError(
-            f"image id {image_id}: detector returned class {classes.max()} but the file has "
-            f"{len(category_ids)} categories (classes must be contiguous 0-based indices)"
+            f"image id {image_id}: detector returned label {labels.max()} but the file has "
+            f"{len(category_ids)} categories (labels must be contiguous 0-based indices)"
         )
-    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
     return [
         {"image_id": image_id, "category_id": int(category_ids[c]), "bbox": [float(v) for v in box], "score": float(s)}
-        for box, s, c in zip(xywh, scores, classes)
+        for box, s, c in zip(xywh, scores, labels)
     ]
 
 

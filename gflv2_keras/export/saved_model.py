@@ -82,7 +82,7 @@ CUSTOM_OP_PREFIX = "GflDeform"
 def _serving_outputs(detections, max_detections, class_names):
     """Detector output dict → the documented signature outputs (fixed static shapes)."""
     k = max_detections
-    classes = tf.ensure_shape(tf.cast(detections["classes"], tf.int32), [None, k])
+    classes = tf.ensure_shape(tf.cast(detections["labels"], tf.int32), [None, k])
     outputs = {
         "detection_boxes": tf.ensure_shape(tf.cast(detections["boxes"], tf.float32), [None, k, 4]),
         "detection_scores": tf.ensure_shape(tf.cast(detections["confidence"], tf.float32), [None, k]),
@@ -98,18 +98,21 @@ def _serving_outputs(detections, max_detections, class_names):
 def _serving_functions(detector):
     """Endpoint bodies by name; their argument names become the signature input names.
 
-    Both call one shared ``tf.function`` around ``detector.detect_batch``, so the network is
-    traced once per tracing context instead of once per endpoint.
+    Both call one shared ``tf.function`` around ``detector.detect_batch`` (asked for xyxy
+    boxes whatever the detector's ``bounding_box_format``: the signatures have their own
+    layout), so the network is traced once per tracing context instead of once per endpoint.
     """
     k = int(detector.test_config["max_detections"])
     names = detector.class_names
     detect_batch = tf.function(
-        detector.detect_batch, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)], autograph=False
+        lambda images: detector.detect_batch(images, bounding_box_format="xyxy"),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
+        autograph=False,
     )
     per_image_spec = {
         "boxes": tf.TensorSpec([k, 4], tf.float32),
         "confidence": tf.TensorSpec([k], tf.float32),
-        "classes": tf.TensorSpec([k], tf.int32),
+        "labels": tf.TensorSpec([k], tf.int32),
         "num_detections": tf.TensorSpec([], tf.int32),
     }
 

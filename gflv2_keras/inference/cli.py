@@ -1,4 +1,14 @@
-"""``gflv2 predict IMAGE_OR_FOLDER... --preset NAME|DIR --output DIR``."""
+"""``gflv2 predict IMAGE_OR_FOLDER... --preset NAME|DIR --output DIR``.
+
+Per image it writes ``STEM.jpg`` (boxes drawn) and ``STEM.json``::
+
+    {"file", "height", "width", "box_format": "xyxy, original image pixels",
+     "detections": [{"box": [x1, y1, x2, y2], "confidence", "label", "class_name"}, ...]}
+
+The JSON boxes are always xyxy pixels of the original image, whatever the preset's
+``bounding_box_format`` (a file format is fixed; the detector's format is a Python-API choice).
+``label`` is the 0-based class id, ``class_name`` its name (``null`` without names).
+"""
 
 import json
 import sys
@@ -49,7 +59,7 @@ def run(args):
             continue
         for note in loaded.notes:
             print(f"[{index}/{len(paths)}] note: {path}: {note}")
-        detections = detector.detect(loaded.pixels)
+        detections = detector.detect(loaded.pixels, bounding_box_format="xyxy")
         stem = _unique_stem(Path(path).stem, used_stems)
         draw_detections(loaded.pixels, detections, names, args.draw_threshold).save(output / f"{stem}.jpg", quality=92)
         record = {
@@ -60,11 +70,11 @@ def run(args):
             "detections": [
                 {
                     "box": [round(float(v), 2) for v in box],
-                    "score": round(float(score), 5),
-                    "class_id": int(cls),
-                    "class_name": names[int(cls)] if names else None,
+                    "confidence": round(float(score), 5),
+                    "label": int(label),
+                    "class_name": names[int(label)] if names else None,
                 }
-                for box, score, cls in zip(detections["boxes"], detections["confidence"], detections["classes"])
+                for box, score, label in zip(detections["boxes"], detections["confidence"], detections["labels"])
             ],
         }
         (output / f"{stem}.json").write_text(json.dumps(record, indent=1))

@@ -17,9 +17,10 @@ def draw_detections(pixels, detections, class_names=None, min_score=0.3):
 
     Args:
         pixels: uint8 RGB ``[H, W, 3]``.
-        detections: ``{"boxes": [K, 4] xyxy pixels, "confidence": [K], "classes": [K]}``.
-        class_names: optional names indexed by class id.
-        min_score: detections below this score are not drawn.
+        detections: ``{"boxes": [K, 4] xyxy pixels, "confidence": [K], "labels": [K]}``
+            (``detector.detect(pixels, bounding_box_format="xyxy")``).
+        class_names: optional names indexed by label (class id).
+        min_score: detections with confidence below this are not drawn.
 
     Returns:
         A ``PIL.Image.Image``.
@@ -28,13 +29,13 @@ def draw_detections(pixels, detections, class_names=None, min_score=0.3):
 
     image = Image.fromarray(np.asarray(pixels, np.uint8))
     canvas = ImageDraw.Draw(image)
-    for box, score, cls in zip(detections["boxes"], detections["confidence"], detections["classes"]):
+    for box, score, label in zip(detections["boxes"], detections["confidence"], detections["labels"]):
         if score < min_score:
             continue
-        colour = class_colour(int(cls))
+        colour = class_colour(int(label))
         x1, y1, x2, y2 = (float(v) for v in box)
         canvas.rectangle([x1, y1, x2, y2], outline=colour, width=2)
-        label = f"{class_names[int(cls)] if class_names else int(cls)} {score:.2f}"
+        label = f"{class_names[int(label)] if class_names else int(label)} {score:.2f}"
         left, top, right, bottom = canvas.textbbox((x1, y1), label)
         canvas.rectangle([left, top - (bottom - top) - 2, right + 2, top], fill=colour)
         canvas.text((x1 + 1, top - (bottom - top) - 2), label, fill=(0, 0, 0))

@@ -59,13 +59,13 @@ def valid_point_mask(sizes, strides, image_shapes):
 
 
 def gfl_loss(
-    scores,
+    confidence,
     box_logits,
     points,
     point_strides,
     num_level_points,
     gt_boxes,
-    gt_classes,
+    gt_labels,
     valid_points,
     num_classes,
     reg_max=16,
@@ -90,13 +90,13 @@ def gfl_loss(
     GIoU = DFL = 0 instead of the official 0/0 = NaN.
 
     Args:
-        scores: ``[B, N, C']`` joint probabilities of the head (``C' = num_classes + 1`` for
+        confidence: ``[B, N, C']`` per-class joint probabilities of the head (``C' = num_classes + 1`` for
             GFLv2's redundant extra column, ``num_classes`` for GFLv1).
         box_logits: ``[B, N, 4 * (reg_max + 1)]`` side-major regression logits, already
             multiplied by the level's Scale.
         points: ``[N, 2]`` ``(x, y)`` pixels; point_strides: ``[N]`` (``boxes.anchor_points``).
         num_level_points: python ints, points per level.
-        gt_boxes: ``[B, M, 4]`` xyxy input pixels; gt_classes: ``[B, M]`` int, ``-1`` = padding.
+        gt_boxes: ``[B, M, 4]`` xyxy input pixels; gt_labels: ``[B, M]`` int, ``-1`` = padding.
         valid_points: ``[B, N]`` bool (``valid_point_mask``).
         num_classes: number of foreground classes.
         reg_max: largest distance bin.
@@ -114,7 +114,7 @@ def gfl_loss(
         anchor_boxes(points, point_strides),
         num_level_points,
         ops.cast(gt_boxes, dtype),
-        gt_classes,
+        gt_labels,
         valid_points,
         num_classes,
         topk=topk,
@@ -127,9 +127,9 @@ def gfl_loss(
     pred_boxes = distance_to_boxes(centres, integral_distances(box_logits, reg_max))  # [B, N, 4]
     target_boxes = targets["target_boxes"] / strides
     quality = pos_float * aligned_iou(ops.stop_gradient(pred_boxes), target_boxes)
-    weights = pos_float * ops.max(ops.stop_gradient(scores), axis=-1)
+    weights = pos_float * ops.max(ops.stop_gradient(confidence), axis=-1)
 
-    per_point_qfl = quality_focal_loss(scores, targets["labels"], quality)
+    per_point_qfl = quality_focal_loss(confidence, targets["labels"], quality)
     num_pos = ops.sum(pos_float, axis=1)
     num_total_samples = ops.maximum(replica_mean(ops.sum(ops.maximum(num_pos, 1.0))), 1.0)
     qfl = ops.sum(targets["label_weights"] * per_point_qfl) / num_total_samples

@@ -11,6 +11,19 @@ from gflv2_keras.models.gfl_head import GFLHead
 from gflv2_keras.ops.boxes import STRIDES, anchor_points, level_sizes
 from gflv2_keras.ops.postprocess import postprocess
 
+# The formats of ``keras.utils.bounding_boxes.convert_format`` (case-insensitive).
+BOUNDING_BOX_FORMATS = (
+    "xyxy",
+    "yxyx",
+    "xywh",
+    "center_xywh",
+    "center_yxhw",
+    "rel_xyxy",
+    "rel_yxyx",
+    "rel_xywh",
+    "rel_center_xywh",
+)
+
 DEFAULT_TEST_CONFIG = {"nms_pre": 1000, "score_threshold": 0.05, "iou_threshold": 0.6, "max_detections": 100}
 DEFAULT_TRAIN_CONFIG = {"topk": 9, "loss_weights": [1.0, 0.25, 2.0]}
 LOSS_NAMES = ("qfl", "dfl", "giou")
@@ -19,6 +32,10 @@ LOSS_NAMES = ("qfl", "dfl", "giou")
 @keras.saving.register_keras_serializable(package="gflv2_keras")
 class GFLV2Detector(keras.Model):
     """The GFLv2 (or GFLv1) dense detector of Li et al., CVPR 2021, with official numerics.
+
+    The vocabulary is Keras' (``keras.utils.bounding_boxes``, keras-hub ``ObjectDetector``):
+    ``boxes`` in ``bounding_box_format``, ``labels`` for 0-based class ids (-1 = padding),
+    ``confidence`` for the GFLv2 joint score (classification x localisation quality).
 
     Args:
         backbone: backbone config ``{"type": "resnet" | "resnext" | "res2net", ...}`` (see
@@ -30,26 +47,42 @@ class GFLV2Detector(keras.Model):
         test_config: ``nms_pre``, ``score_threshold``, ``iou_threshold``, ``max_detections``.
         train_config: ``topk`` (ATSS) and ``loss_weights`` (QFL, DFL, GIoU).
         class_names: optional list of ``num_classes`` names.
+        bounding_box_format: box format of ``fit`` targets and ``predict``/``detect`` outputs,
+            one of ``BOUNDING_BOX_FORMATS`` (those of ``keras.utils.bounding_boxes``; default
+            ``"xyxy"``). Relative (``rel_*``) targets are relative to the network-input batch's
+            ``(H, W)``; relative predictions to the original image's ``(H, W)``. Internally
+            everything is xyxy pixels.
 
     Calling conventions:
         * ``detector(images)``: ``images`` float32 ``[B, H, W, 3]`` normalised RGB, zero padded
           (``H``, ``W`` multiples of 32 for exact FPN sizes). Returns raw outputs
-          ``{"scores": [B, N, C'] joint probabilities, "box_logits": [B, N, 4 * (reg_max + 1)]}``
+          ``{"confidence": [B, N, C'] per-class joint probabilities, "box_logits": [B, N, 4 * (reg_max + 1)]}``
           with ``C' = num_classes + 1`` (GFLv2, official extra column) or ``num_classes``
           (GFLv1); points ordered P3..P7, row-major inside a level; box-logit channels
           side-major (left, top, right, bottom) x bins, already multiplied by the level scale.
         * ``detector.predict(images)``: ``images`` uint8 RGB ``[B, H, W, 3]`` of one size, any
-          size. Returns ``{"boxes": [B, 100, 4] xyxy original pixels, "confidence": [B, 100],
-          "classes": [B, 100] (0-based), "num_detections": [B]}``, padded with -1.
+          size. Returns ``{"boxes": [B, 100, 4] in bounding_box_format of the original image,
+          "confidence": [B, 100], "labels": [B, 100] (0-based), "num_detections": [B]}``;
+          rows past ``num_detections`` are -1 (boxes included, whatever the format).
         * ``detector.detect(image)``: one uint8 ``[H, W, 3]`` image → NumPy dict without padding.
-        * ``fit(images, {"boxes": [B, M, 4] xyxy network-input pixels, "classes": [B, M] (-1 pad),
-          optional "image_shape": [B, 2] per-image padded (h, w)})`` trains with ATSS + QFL/DFL/GIoU.
+        * ``fit(images, {"boxes": [B, M, 4] in bounding_box_format of the network input,
+          "labels": [B, M] (-1 pad), optional "image_shape": [B, 2] per-image padded (h, w)})``
+          trains with ATSS + QFL/DFL/GIoU (``"classes"`` is accepted instead of ``"labels"``).
+
+    ``compile()`` with no optimizer uses the official one: ``CoupledSGD`` (PyTorch SGD with
+    coupled L2 decay), learning rate ``0.01 * global_batch_size / 16``, momentum 0.9, weight
+    decay 1e-4 (``configs/gfocal/gfocal_r50_fpn_1x.py``; no warm-up or step decay: use a
+    recipe, ``gflv2 train``, for the full schedule).
 
     Example:
-        >>> detector = GFLV2Detector({"type": "resnet", "depth": 18, "base_channels": 16},
-        ...                          num_classes=3, fpn_channels=32, head={"feat_channels": 32,
-        ...                          "stacked_convs": 1, "norm_groups": 8})
-        >>> outputs = detector(keras.ops.zeros((1, 64, 64, 3)))
+        >>> detector = GFLV2Detector.from_preset("gflv2_test_r18_nano", load_weights=False,
+        ...                                      bounding_box_format="rel_xyxy")
+        >>> detector.compile(global_batch_size=2)       # official CoupledSGD, lr 0.01 * 2 / 16
+        >>> images = np.zeros((2, 128, 128, 3), np.float32)  # normalised, padded network input
+        >>> targets = {"boxes": np.array([[[0.1, 0.1, 0.5, 0.6]], [[0.2, 0.3, 0.9, 0.8]]], np.float32),
+        ...            "labels": np.array([[0], [2]], np.int32)}
+        >>> history = detector.fit(images, targets, epochs=1, verbose=0)
+        >>> detections = detector.detect(np.zeros((240, 320, 3), np.uint8))  # rel_xyxy boxes
     """
 
     def __init__(
@@ -62,9 +95,11 @@ class GFLV2Detector(keras.Model):
         test_config=None,
         train_config=None,
         class_names=None,
+        bounding_box_format="xyxy",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.bounding_box_format = validate_bounding_box_format(bounding_box_format)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         self.backbone_config = dict(backbone)
@@ -83,14 +118,14 @@ class GFLV2Detector(keras.Model):
         self.strides = STRIDES
         # Created here, not in compute_loss: Keras forbids new state once the model is built.
         self._loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
-        self._detect_fn = None
+        self._detect_fns = {}  # one tf.function per output format, built by ``detect``
 
     # ------------------------------------------------------------------ forward
     def call(self, images, training=None):
         features = self.backbone(images, training=training)
         pyramid = self.neck(features)
-        scores, box_logits = self.head(pyramid)
-        return {"scores": scores, "box_logits": box_logits}
+        confidence, box_logits = self.head(pyramid)
+        return {"confidence": confidence, "box_logits": box_logits}
 
     def points_for(self, height, width):
         """Feature sizes and anchor points for a padded ``height x width`` input.
@@ -102,13 +137,37 @@ class GFLV2Detector(keras.Model):
         return sizes, points, point_strides
 
     # ------------------------------------------------------------------ training
+    def compile(self, optimizer="auto", *, global_batch_size=16, **kwargs):
+        """``keras.Model.compile`` whose default optimizer is the official one.
+
+        Args:
+            optimizer: ``"auto"`` (default) for ``CoupledSGD(learning_rate=0.01 *
+                global_batch_size / 16, momentum=0.9, weight_decay=1e-4)``, the official
+                ``torch.optim.SGD`` of ``configs/gfocal/gfocal_r50_fpn_1x.py`` with the linear
+                scaling rule; anything else is passed to Keras unchanged.
+            global_batch_size: images per optimizer step over all replicas; only used by
+                ``"auto"``.
+            **kwargs: other ``keras.Model.compile`` arguments. The loss is the model's own
+                (``compute_loss``), so ``loss`` is not needed.
+        """
+        if isinstance(optimizer, str) and optimizer == "auto":
+            from gflv2_keras.training.optimizer import CoupledSGD
+            from gflv2_keras.training.schedule import scale_learning_rate
+
+            optimizer = CoupledSGD(
+                learning_rate=scale_learning_rate(0.01, global_batch_size), momentum=0.9, weight_decay=1e-4
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """ATSS targets + QFL/DFL/GIoU (the official sum). Logs ``qfl``, ``dfl``, ``giou``.
 
         Args:
             x: the normalised, padded input batch ``[B, H, W, 3]`` (static ``H``, ``W``).
-            y: ``{"boxes": [B, M, 4] xyxy input pixels, "classes": [B, M] int (-1 = padding),
-                "image_shape": optional [B, 2] per-image padded (h, w)}``.
+            y: ``{"boxes": [B, M, 4] in bounding_box_format of the input batch (``rel_*``:
+                relative to its ``H``, ``W``), "labels": [B, M] int (-1 = padding),
+                "image_shape": optional [B, 2] per-image padded (h, w)}``. ``"classes"`` is
+                accepted instead of ``"labels"`` (keras-cv data); giving both is an error.
             y_pred: the output of ``call``.
             sample_weight: not supported (the loss has its own per-point weights); must be None.
 
@@ -135,20 +194,21 @@ class GFLV2Detector(keras.Model):
                 "pad training batches to a fixed size (gflv2_keras.data.canvas.pad_to_canvas)"
             )
         sizes, points, point_strides = self.points_for(height, width)
-        gt_classes = ops.cast(y["classes"], "int32")
-        batch = ops.shape(gt_classes)[0]
-        image_shapes = y.get("image_shape") if isinstance(y, dict) else None
+        gt_labels = ops.cast(target_labels(y), "int32")
+        gt_boxes = convert_boxes(y["boxes"], self.bounding_box_format, "xyxy", height, width)
+        batch = ops.shape(gt_labels)[0]
+        image_shapes = y.get("image_shape")
         if image_shapes is None:
             image_shapes = ops.tile(ops.convert_to_tensor([[height, width]], "int32"), [batch, 1])
         valid = valid_point_mask(sizes, self.strides, image_shapes)
         losses = gfl_loss(
-            ops.cast(y_pred["scores"], "float32"),
+            ops.cast(y_pred["confidence"], "float32"),
             ops.cast(y_pred["box_logits"], "float32"),
             points,
             point_strides,
             [h * w for h, w in sizes],
-            ops.cast(y["boxes"], "float32"),
-            gt_classes,
+            gt_boxes,
+            gt_labels,
             valid,
             num_classes=self.num_classes,
             reg_max=self.reg_max,
@@ -170,18 +230,32 @@ class GFLV2Detector(keras.Model):
 
     # ------------------------------------------------------------------ inference
     def predict_step(self, data):
-        """uint8 RGB ``[B, H, W, 3]`` (one size) → padded detections in original pixels."""
+        """uint8 RGB ``[B, H, W, 3]`` (one size) → padded detections of the original images."""
         images = data[0] if isinstance(data, (tuple, list)) else data
         return self.detect_batch(images)
 
-    def detect_batch(self, images):
-        """Preprocess, run and post-process a batch of equally sized uint8 images (graph-safe)."""
+    def detect_batch(self, images, bounding_box_format=None):
+        """Preprocess, run and post-process a batch of equally sized uint8 images (graph-safe).
+
+        Args:
+            images: uint8 RGB ``[B, H, W, 3]``.
+            bounding_box_format: format of the returned boxes; ``None`` means the detector's
+                ``bounding_box_format`` (the SavedModel export asks for ``"xyxy"``).
+
+        Returns:
+            ``{"boxes": [B, K, 4] of the original images, "confidence": [B, K], "labels": [B, K]
+            int32, "num_detections": [B] int32}`` with ``K = max_detections``; rows past
+            ``num_detections`` are -1 in every field.
+        """
+        fmt = self.bounding_box_format if bounding_box_format is None else validate_bounding_box_format(
+            bounding_box_format
+        )
         inputs, image_info = preprocess_images(images, self.input_scale)
         outputs = self(inputs, training=False)
         height, width = _static_hw(inputs)
         sizes, points, point_strides = self.points_for(height, width)
-        return postprocess(
-            outputs["scores"],
+        detections = postprocess(
+            outputs["confidence"],
             outputs["box_logits"],
             points,
             point_strides,
@@ -191,31 +265,40 @@ class GFLV2Detector(keras.Model):
             reg_max=self.reg_max,
             **self.test_config,
         )
+        if fmt != "xyxy":
+            original_h, original_w = _static_hw(images)
+            boxes = convert_boxes(detections["boxes"], "xyxy", fmt, original_h, original_w)
+            detections["boxes"] = ops.where(detections["labels"][..., None] >= 0, boxes, -1.0)
+        return detections
 
-    def detect(self, image):
+    def detect(self, image, bounding_box_format=None):
         """Detect objects in one image.
 
         Args:
             image: uint8 RGB ``[H, W, 3]`` NumPy array (any size).
+            bounding_box_format: format of the returned boxes (``None``: the detector's).
 
         Returns:
-            ``{"boxes": [K, 4] xyxy original pixels, "confidence": [K], "classes": [K] int}`` NumPy.
+            ``{"boxes": [K, 4] of the original image, "confidence": [K], "labels": [K] int}`` NumPy.
         """
         image = validate_image(image)
-        if self._detect_fn is None:
+        fmt = self.bounding_box_format if bounding_box_format is None else validate_bounding_box_format(
+            bounding_box_format
+        )
+        if fmt not in self._detect_fns:
             import tensorflow as tf
 
-            self._detect_fn = tf.function(
-                self.detect_batch,
+            self._detect_fns[fmt] = tf.function(
+                lambda images: self.detect_batch(images, fmt),
                 input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
                 reduce_retracing=True,
             )
-        out = {k: np.asarray(v) for k, v in self._detect_fn(image[None]).items()}
+        out = {k: np.asarray(v) for k, v in self._detect_fns[fmt](image[None]).items()}
         count = int(out["num_detections"][0])
         return {
             "boxes": out["boxes"][0, :count],
             "confidence": out["confidence"][0, :count],
-            "classes": out["classes"][0, :count].astype(np.int64),
+            "labels": out["labels"][0, :count].astype(np.int64),
         }
 
     # ------------------------------------------------------------------ presets
@@ -261,7 +344,43 @@ class GFLV2Detector(keras.Model):
             "test_config": self.test_config,
             "train_config": self.train_config,
             "class_names": self.class_names,
+            "bounding_box_format": self.bounding_box_format,
         }
+
+
+def validate_bounding_box_format(bounding_box_format):
+    """The lower-cased format name; a ``ValueError`` listing the valid ones if unknown."""
+    fmt = str(bounding_box_format).lower()
+    if fmt not in BOUNDING_BOX_FORMATS:
+        raise ValueError(
+            f"bounding_box_format: unknown format {bounding_box_format!r}; "
+            f"valid formats are {', '.join(BOUNDING_BOX_FORMATS)}"
+        )
+    return fmt
+
+
+def convert_boxes(boxes, source, target, height, width):
+    """``keras.utils.bounding_boxes.convert_format`` of ``[..., 4]`` boxes, float32.
+
+    ``height``/``width`` are those of the image the ``rel_*`` side is relative to.
+    """
+    boxes = ops.cast(boxes, "float32")
+    if source == target:
+        return boxes
+    return keras.utils.bounding_boxes.convert_format(boxes, source, target, height=height, width=width)
+
+
+def target_labels(y):
+    """The class ids of training targets: ``y["labels"]``, or ``y["classes"]`` (keras-cv)."""
+    if not isinstance(y, dict):
+        raise ValueError(f"GFLV2Detector: training targets must be a dict with 'boxes' and 'labels', got {type(y)}")
+    if "labels" in y and "classes" in y:
+        raise ValueError("GFLV2Detector: training targets have both 'labels' and 'classes'; give only 'labels'")
+    if "labels" in y:
+        return y["labels"]
+    if "classes" in y:
+        return y["classes"]
+    raise ValueError(f"GFLV2Detector: training targets have no 'labels' (keys: {sorted(y)})")
 
 
 def _scale_for_replicas(loss):

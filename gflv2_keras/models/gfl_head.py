@@ -42,12 +42,14 @@ class GFLHead(keras.layers.Layer):
         prefix: official module path (``"bbox_head"``), used to name layers for conversion.
 
     Call:
-        ``[P3..P7]`` NHWC → ``(scores [B, N, cls_channels], box_logits [B, N, 4 * (reg_max + 1)])``
-        where ``scores`` are probabilities and ``N`` is the total number of points.
+        ``[P3..P7]`` NHWC → ``(confidence [B, N, cls_channels], box_logits [B, N, 4 * (reg_max + 1)])``
+        where ``confidence`` holds per-class joint probabilities (classification times DGQP
+        localisation quality for GFLv2, plain sigmoid for GFLv1) and ``N`` is the total number
+        of points.
 
     Example:
         >>> head = GFLHead(num_classes=80)
-        >>> scores, box_logits = head([keras.ops.zeros((1, s, s, 256)) for s in (8, 4, 2, 1, 1)])
+        >>> confidence, box_logits = head([keras.ops.zeros((1, s, s, 256)) for s in (8, 4, 2, 1, 1)])
     """
 
     def __init__(
@@ -122,14 +124,14 @@ class GFLHead(keras.layers.Layer):
         return x
 
     def level_forward(self, feature, level):
-        """One level: ``[B, H, W, C]`` → ``(scores [B, H, W, cls_channels], box_logits [B, H, W, 4(R+1)])``."""
+        """One level: ``[B, H, W, C]`` → ``(confidence [B, H, W, cls_channels], box_logits [B, H, W, 4(R+1)])``."""
         cls_feat = self._run_tower(self.cls_convs, feature)
         reg_feat = self._run_tower(self.reg_convs, feature)
         box_logits = self.scales[level](self.gfl_reg(reg_feat))
-        scores = ops.sigmoid(self.gfl_cls(cls_feat))
+        confidence = ops.sigmoid(self.gfl_cls(cls_feat))
         if self.use_dgqp:
-            scores = scores * self.quality(box_logits)
-        return scores, box_logits
+            confidence = confidence * self.quality(box_logits)
+        return confidence, box_logits
 
     def quality(self, box_logits):
         """DGQP: ``[B, H, W, 4(R+1)]`` scaled logits → ``[B, H, W, 1]`` localisation quality."""
@@ -142,12 +144,12 @@ class GFLHead(keras.layers.Layer):
         return ops.sigmoid(self.reg_conf[1](hidden))
 
     def call(self, features):
-        scores, box_logits = [], []
+        confidence, box_logits = [], []
         for level, feature in enumerate(features):
-            s, b = self.level_forward(feature, level)
-            scores.append(_flatten_points(s))
+            c, b = self.level_forward(feature, level)
+            confidence.append(_flatten_points(c))
             box_logits.append(_flatten_points(b))
-        return ops.concatenate(scores, axis=1), ops.concatenate(box_logits, axis=1)
+        return ops.concatenate(confidence, axis=1), ops.concatenate(box_logits, axis=1)
 
     def get_config(self):
         return {

@@ -19,16 +19,16 @@ from gflv2_keras.ops.boxes import distance_to_boxes
 from gflv2_keras.ops.integral import integral_distances
 
 
-def select_level_candidates(scores, box_logits, points, point_strides, level_sizes, nms_pre=1000):
+def select_level_candidates(confidence, box_logits, points, point_strides, level_sizes, nms_pre=1000):
     """Keep the ``nms_pre`` best points of each level (all of a smaller level).
 
     Args:
-        scores: ``[B, N, C']`` joint probabilities; box_logits: ``[B, N, 4(R+1)]``.
+        confidence: ``[B, N, C']`` joint probabilities; box_logits: ``[B, N, 4(R+1)]``.
         points: ``[N, 2]``; point_strides: ``[N]``.
         level_sizes: ``[(h, w), ...]`` python ints or scalar tensors.
 
     Returns:
-        ``(scores [B, K, C'], box_logits [B, K, 4(R+1)], points [B, K, 2], strides [B, K])`` with
+        ``(confidence [B, K, C'], box_logits [B, K, 4(R+1)], points [B, K, 2], strides [B, K])`` with
         ``K = sum_l min(nms_pre, h_l * w_l)``, level by level, best first within a level.
     """
     out = ([], [], [], [])
@@ -36,7 +36,7 @@ def select_level_candidates(scores, box_logits, points, point_strides, level_siz
     for h, w in level_sizes:
         count = h * w
         stop = start + count
-        lvl_scores = scores[:, start:stop]
+        lvl_scores = confidence[:, start:stop]
         k = ops.minimum(count, nms_pre) if not isinstance(count, int) else min(count, nms_pre)
         _, index = tf.math.top_k(ops.max(lvl_scores, axis=-1), k=k)
         out[0].append(ops.take_along_axis(lvl_scores, index[..., None], axis=1))
@@ -64,7 +64,7 @@ def decode_boxes(box_logits, points, strides, image_shape, reg_max=16):
 
 
 def postprocess(
-    scores,
+    confidence,
     box_logits,
     points,
     point_strides,
@@ -80,7 +80,8 @@ def postprocess(
     """Raw head outputs → final detections in original image pixels.
 
     Args:
-        scores: ``[B, N, C']`` joint probabilities (``C' = num_classes + 1`` for GFLv2).
+        confidence: ``[B, N, C']`` per-class joint probabilities (``C' = num_classes + 1``
+            for GFLv2), the ``"confidence"`` output of ``GFLV2Detector.call``.
         box_logits: ``[B, N, 4(R+1)]`` scaled logits.
         points, point_strides: see ``boxes.anchor_points``.
         level_sizes: feature sizes per level.
@@ -89,19 +90,19 @@ def postprocess(
 
     Returns:
         Dict of ``"boxes"`` float32 ``[B, max_detections, 4]`` xyxy original pixels,
-        ``"confidence"`` float32 ``[B, max_detections]``, ``"classes"`` int32
+        ``"confidence"`` float32 ``[B, max_detections]``, ``"labels"`` int32
         ``[B, max_detections]`` (0-based), ``"num_detections"`` int32 ``[B]``; entries past
         ``num_detections`` are -1.
     """
-    scores = ops.cast(scores, "float32")
+    confidence = ops.cast(confidence, "float32")
     box_logits = ops.cast(box_logits, "float32")
     cand_scores, cand_logits, cand_points, cand_strides = select_level_candidates(
-        scores, box_logits, points, point_strides, level_sizes, nms_pre
+        confidence, box_logits, points, point_strides, level_sizes, nms_pre
     )
     boxes = decode_boxes(cand_logits, cand_points, cand_strides, image_info["image_shape"], reg_max)
     factor = image_info["scale_factor"]
     boxes = boxes / ops.concatenate([factor[:, 1:2], factor[:, 0:1], factor[:, 1:2], factor[:, 0:1]], -1)[:, None]
-    nms_boxes, nms_scores, nms_classes, num_valid = tf.image.combined_non_max_suppression(
+    nms_boxes, nms_scores, nms_labels, num_valid = tf.image.combined_non_max_suppression(
         boxes[:, :, None, :],
         cand_scores,
         max_output_size_per_class=max_detections,
@@ -110,22 +111,22 @@ def postprocess(
         score_threshold=score_threshold,
         clip_boxes=False,
     )
-    return _drop_background(nms_boxes, nms_scores, ops.cast(nms_classes, "int32"), num_valid, num_classes)
+    return _drop_background(nms_boxes, nms_scores, ops.cast(nms_labels, "int32"), num_valid, num_classes)
 
 
-def _drop_background(boxes, scores, classes, num_valid, num_classes):
+def _drop_background(boxes, scores, labels, num_valid, num_classes):
     """Remove detections of class ``num_classes`` and pad everything after the valid ones with -1."""
     slots = ops.arange(ops.shape(scores)[1])[None, :]
-    keep = (slots < num_valid[:, None]) & (classes < num_classes)
+    keep = (slots < num_valid[:, None]) & (labels < num_classes)
     # Stable compaction: kept entries keep their (score-descending) order and move to the front.
     order = ops.argsort(ops.where(keep, slots, slots + ops.shape(scores)[1]), axis=1)
     keep = ops.take_along_axis(keep, order, axis=1)
     boxes = ops.take_along_axis(boxes, order[..., None], axis=1)
     scores = ops.take_along_axis(scores, order, axis=1)
-    classes = ops.take_along_axis(classes, order, axis=1)
+    labels = ops.take_along_axis(labels, order, axis=1)
     return {
         "boxes": ops.where(keep[..., None], boxes, -1.0),
         "confidence": ops.where(keep, scores, -1.0),
-        "classes": ops.where(keep, classes, -1),
+        "labels": ops.where(keep, labels, -1),
         "num_detections": ops.sum(ops.cast(keep, "int32"), axis=1),
     }

@@ -124,7 +124,7 @@ def draw_predictions(model, annotation_file, image_dir, path, num_images=PICTURE
     tiles = []
     for record in dataset.records[:num_images]:
         pixels = np.asarray(Image.open(record["file_name"]).convert("RGB"))
-        detections = _one_label_per_object(model.detect(pixels))
+        detections = _one_label_per_object(model.detect(pixels, bounding_box_format="xyxy"))
         tiles.append(draw_detections(pixels, detections, dataset.class_names, min_score=PICTURE_MIN_SCORE))
     columns = min(4, len(tiles))
     rows = -(-len(tiles) // columns)

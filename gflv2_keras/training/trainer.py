@@ -209,7 +209,12 @@ class Trainer:
         from gflv2_keras.models.detector import GFLV2Detector
 
         recipe = self.recipe
-        classes = {"num_classes": data.dataset.num_classes, "class_names": list(data.dataset.class_names)}
+        # The pipeline's targets are xyxy pixels, whatever format an initialising preset was saved with.
+        classes = {
+            "num_classes": data.dataset.num_classes,
+            "class_names": list(data.dataset.class_names),
+            "bounding_box_format": "xyxy",
+        }
         keras.utils.set_random_seed(int(recipe["seed"]))
         with self.strategy.scope():
             if recipe["init_weights"]:
