@@ -1,7 +1,9 @@
-"""``gflv2 export --preset NAME|DIR --output DIR/MODEL_NAME [--version N] [--overwrite]``.
+"""``gflv2 export [--format saved_model|onnx|litert|openvino] --preset NAME|DIR --output PATH``.
 
-Writes a TF Serving model version ``DIR/MODEL_NAME/<N>/`` (signatures in
+``saved_model`` (default) writes a TF Serving model version ``PATH/<N>/`` (signatures in
 ``gflv2_keras.export.saved_model``) and prints the ``docker run`` command that serves it.
+``onnx``, ``litert`` and ``openvino`` write a folder ``PATH`` with the model file and
+``export.json`` (``gflv2_keras.export.formats``), at a fixed ``--input-size H W``.
 """
 
 import sys
@@ -19,7 +21,15 @@ def register(subparsers):
     parser.add_argument(
         "--output", required=True, help="model base folder DIR/MODEL_NAME; the version is written inside it"
     )
-    parser.add_argument("--version", type=int, default=1, help="model version folder number (default 1)")
+    parser.add_argument("--format", default="saved_model", help="saved_model (default), onnx, litert or openvino")
+    parser.add_argument("--version", type=int, default=1, help="saved_model: version folder number (default 1)")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="onnx/litert/openvino: fixed input image size (default: the preset's input scale)")
+    parser.add_argument("--batch-size", type=int, default=1, help="onnx/litert/openvino: fixed batch (default 1)")
+    parser.add_argument("--box-layout", default="xyxy",
+                        help="onnx/litert/openvino: xyxy pixels (default) or yxyx normalised (TF OD API)")
+    parser.add_argument("--weights", default="fp32",
+                        help="fp32 (default); int8 dynamic-range (onnx, litert); fp16 (litert)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     parser.add_argument(
         "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
@@ -28,6 +38,12 @@ def register(subparsers):
 
 
 def run(args):
+    from gflv2_keras.export.formats import FORMATS
+
+    if args.format not in FORMATS:
+        return _fail(f"unknown --format {args.format!r}; valid: {', '.join(FORMATS)}")
+    if args.format != "saved_model":
+        return _run_portable(args)
     output = Path(args.output)
     if args.version < 0:
         return _fail(f"--version must be >= 0, got {args.version}")
@@ -57,6 +73,32 @@ def run(args):
     print("outputs: detection_boxes [N, K, 4] (x1, y1, x2, y2) original pixels, detection_scores [N, K],")
     print("         detection_classes [N, K] (0-based, -1 padding), num_detections [N]")
     print(_serving_instructions(output))
+    return 0
+
+
+def _run_portable(args):
+    target = Path(args.output)
+    if target.exists() and not args.overwrite:
+        return _fail(f"{target} already exists; choose another --output or pass --overwrite")
+    from gflv2_keras import GFLV2Detector
+    from gflv2_keras.export.formats import MissingRuntimeError, export_portable
+    from gflv2_keras.export.saved_model import directory_size
+
+    print(f"[1/2] loading preset {args.preset}{' (random weights)' if args.random_weights else ''}", flush=True)
+    try:
+        detector = GFLV2Detector.from_preset(args.preset, load_weights=not args.random_weights)
+    except (FileNotFoundError, ValueError) as error:
+        return _fail(str(error))
+    print(f"[2/2] converting to {args.format} ({args.weights}) in {target}", flush=True)
+    start = time.perf_counter()
+    try:
+        path = export_portable(detector, args.format, target, input_size=args.input_size, batch_size=args.batch_size,
+                               box_layout=args.box_layout, weights=args.weights, overwrite=args.overwrite,
+                               preset=str(args.preset))  # fmt: skip
+    except (FileExistsError, ValueError, MissingRuntimeError) as error:
+        return _fail(str(error))
+    print(f"done: {path} written in {time.perf_counter() - start:.1f} s ({directory_size(path) / 2**20:.1f} MiB)")
+    print(f"run it: gflv2 predict IMAGE.jpg --model {path}")
     return 0
 
 

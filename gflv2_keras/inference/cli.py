@@ -1,4 +1,4 @@
-"""``gflv2 predict IMAGE_OR_FOLDER... --preset NAME|DIR --output DIR``.
+"""``gflv2 predict IMAGE_OR_FOLDER... --preset NAME|DIR | --model EXPORT --output DIR``.
 
 Per image it writes ``STEM.jpg`` (boxes drawn) and ``STEM.json``::
 
@@ -8,6 +8,9 @@ Per image it writes ``STEM.jpg`` (boxes drawn) and ``STEM.json``::
 The JSON boxes are always xyxy pixels of the original image, whatever the preset's
 ``bounding_box_format`` (a file format is fixed; the detector's format is a Python-API choice).
 ``label`` is the 0-based class id, ``class_name`` its name (``null`` without names).
+
+``--model`` runs an ONNX / LiteRT / OpenVINO export (``gflv2 export --format ...``) in its own
+runtime (``gflv2_keras.export.runtimes``); pictures and JSON are the same as with a preset.
 """
 
 import json
@@ -20,7 +23,9 @@ from gflv2_keras.inference.images import ImageReadError, collect_image_paths, re
 def register(subparsers):
     parser = subparsers.add_parser("predict")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--preset", required=True, help="preset name (see `gflv2 presets`) or preset folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="preset name (see `gflv2 presets`) or preset folder")
+    source.add_argument("--model", help="an exported model: folder or model file of `gflv2 export --format ...`")
     parser.add_argument("--output", default="predictions", help="output folder (default: ./predictions)")
     parser.add_argument("--draw-threshold", type=float, default=0.3, help="smallest score drawn (default 0.3)")
     parser.add_argument(
@@ -37,12 +42,11 @@ def run(args):
         print("error: no images to process", file=sys.stderr)
         return 2
 
-    from gflv2_keras import GFLV2Detector
     from gflv2_keras.inference.draw import draw_detections
 
     try:
-        detector = GFLV2Detector.from_preset(args.preset, load_weights=not args.random_weights)
-    except (FileNotFoundError, ValueError) as error:
+        detector = _load(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     names = detector.class_names
@@ -83,6 +87,17 @@ def run(args):
     problem_count = skipped + len(problems)
     print(f"done: {processed} of {len(paths)} images processed, {problem_count} problem(s)")
     return 1 if problem_count else 0
+
+
+def _load(args):
+    """A ``GFLV2Detector`` (``--preset``) or an ``ExportedDetector`` (``--model``); both ``detect``."""
+    if args.model:
+        from gflv2_keras.export.runtimes import load_exported
+
+        return load_exported(args.model)
+    from gflv2_keras import GFLV2Detector
+
+    return GFLV2Detector.from_preset(args.preset, load_weights=not args.random_weights)
 
 
 def _unique_stem(stem, used):

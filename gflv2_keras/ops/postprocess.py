@@ -63,6 +63,27 @@ def decode_boxes(box_logits, points, strides, image_shape, reg_max=16):
     return distance_to_boxes(points, distances, max_shape=(height, width))
 
 
+def decode_candidates(confidence, box_logits, points, point_strides, level_sizes, image_info, reg_max=16, nms_pre=1000):
+    """Everything of ``postprocess`` before NMS: per-level top-``nms_pre`` points, decoded.
+
+    Args: as ``postprocess``.
+
+    Returns:
+        ``(boxes [B, K, 4] xyxy original image pixels, confidence [B, K, C'] float32)`` with ``K``
+        as in ``select_level_candidates``; NMS of these gives ``postprocess``'s detections
+        (the export's NumPy NMS completes runtimes that cannot run it in the graph).
+    """
+    confidence = ops.cast(confidence, "float32")
+    box_logits = ops.cast(box_logits, "float32")
+    cand_scores, cand_logits, cand_points, cand_strides = select_level_candidates(
+        confidence, box_logits, points, point_strides, level_sizes, nms_pre
+    )
+    boxes = decode_boxes(cand_logits, cand_points, cand_strides, image_info["image_shape"], reg_max)
+    factor = image_info["scale_factor"]
+    boxes = boxes / ops.concatenate([factor[:, 1:2], factor[:, 0:1], factor[:, 1:2], factor[:, 0:1]], -1)[:, None]
+    return boxes, cand_scores
+
+
 def postprocess(
     confidence,
     box_logits,
@@ -94,14 +115,9 @@ def postprocess(
         ``[B, max_detections]`` (0-based), ``"num_detections"`` int32 ``[B]``; entries past
         ``num_detections`` are -1.
     """
-    confidence = ops.cast(confidence, "float32")
-    box_logits = ops.cast(box_logits, "float32")
-    cand_scores, cand_logits, cand_points, cand_strides = select_level_candidates(
-        confidence, box_logits, points, point_strides, level_sizes, nms_pre
+    boxes, cand_scores = decode_candidates(
+        confidence, box_logits, points, point_strides, level_sizes, image_info, reg_max=reg_max, nms_pre=nms_pre
     )
-    boxes = decode_boxes(cand_logits, cand_points, cand_strides, image_info["image_shape"], reg_max)
-    factor = image_info["scale_factor"]
-    boxes = boxes / ops.concatenate([factor[:, 1:2], factor[:, 0:1], factor[:, 1:2], factor[:, 0:1]], -1)[:, None]
     nms_boxes, nms_scores, nms_labels, num_valid = tf.image.combined_non_max_suppression(
         boxes[:, :, None, :],
         cand_scores,

@@ -1,0 +1,219 @@
+"""ONNX, LiteRT and OpenVINO exports, each run in its own runtime in a fresh process.
+
+The fresh process cannot import ``gflv2_keras``: it uses only the runtime, NumPy and, for
+LiteRT, the ``postprocess.py`` written next to the model. Its detections are compared with
+``detector.detect`` on the same images (counts and labels equal, boxes within 0.5 px,
+scores within 1e-3). A format is skipped only when its extra is not installed.
+"""
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from gflv2_keras import GFLV2Detector
+from gflv2_keras.cli import main
+
+PRESET = "gflv2_test_r18_nano"
+SIZE = (96, 128)  # the nano preset's input scale (128, 96) as a landscape image
+CLASS_NAMES = ["circle", "square", "triangle"]
+EXTRA_MODULES = {"onnx": ("tf2onnx", "onnx", "onnxruntime"), "litert": ("ai_edge_litert",),
+                 "openvino": ("tf2onnx", "onnx", "openvino")}  # fmt: skip
+
+
+def needs_extra(fmt):
+    missing = [m for m in EXTRA_MODULES[fmt] if importlib.util.find_spec(m) is None]
+    return pytest.mark.skipif(
+        bool(missing), reason=f"{fmt} extra not installed ({', '.join(missing)}): pip install 'gflv2-keras[{fmt}]'"
+    )
+
+
+def pattern(height, width, seed):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:height, :width]
+    base = np.stack([x * 255.0 / width, y * 255.0 / height, (x + y) % 64 * 4.0], -1)
+    return np.clip(base + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def run_cli(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Nano preset with random weights and threshold 0 (so there are detections), saved as a preset folder."""
+    keras.utils.set_random_seed(0)
+    detector = GFLV2Detector.from_preset(
+        PRESET, load_weights=False, test_config={"score_threshold": 0.0}, class_names=CLASS_NAMES
+    )
+    detector.build_for_inference()
+    root = tmp_path_factory.mktemp("formats")
+    detector.save_to_preset(root / "preset")
+    images = [pattern(*SIZE, seed) for seed in range(2)]
+    return detector, root, images, [detector.detect(image) for image in images]
+
+
+FRESH_SCRIPT = r"""
+import importlib.util, json, sys
+
+class _NoProject:
+    def find_spec(self, name, path=None, target=None):
+        if name == "gflv2_keras" or name.startswith("gflv2_keras."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+sys.meta_path.insert(0, _NoProject())
+import numpy as np
+
+folder, images_path, out_path = sys.argv[1:4]
+meta = json.load(open(f"{folder}/export.json"))
+images = np.load(images_path)
+fmt = meta["format"]
+if fmt == "onnx":
+    import onnxruntime as ort
+    session = ort.InferenceSession(f"{folder}/model.onnx", providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    run = lambda x: dict(zip(names, session.run(None, {"images": x})))
+elif fmt == "openvino":
+    import openvino as ov
+    compiled = ov.Core().compile_model(f"{folder}/model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    run = lambda x: {o.get_any_name(): v for o, v in zip(compiled.outputs, compiled(x).values())}
+else:
+    from ai_edge_litert.interpreter import Interpreter
+    runner = Interpreter(model_path=f"{folder}/model.tflite").get_signature_runner()
+    spec = importlib.util.spec_from_file_location("postprocess", f"{folder}/postprocess.py")
+    postprocess = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(postprocess)
+    run = lambda x: runner(images=x)
+results = {}
+for i, image in enumerate(images):
+    out = run(image[None])
+    if meta["nms_inside"]:
+        n = int(out["num_detections"][0])
+        boxes, confidence, labels = (out[k][0, :n] for k in ("detection_boxes", "detection_scores", "detection_classes"))
+    else:
+        c = meta["test_config"]
+        det = postprocess.postprocess(out["candidate_boxes"], out["candidate_scores"], meta["num_classes"],
+                                      c["score_threshold"], c["iou_threshold"], c["max_detections"])[0]
+        boxes, confidence, labels = det["boxes"], det["confidence"], det["labels"]
+    results[f"boxes{i}"], results[f"confidence{i}"], results[f"labels{i}"] = boxes, confidence, labels
+np.savez(out_path, **results)
+"""
+
+
+def run_fresh(folder, images, tmp_path):
+    np.save(tmp_path / "images.npy", np.stack(images))
+    (tmp_path / "fresh.py").write_text(FRESH_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-I", str(tmp_path / "fresh.py"), str(folder), str(tmp_path / "images.npy"),
+         str(tmp_path / "out.npz")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    return [{k: out[f"{k}{i}"] for k in ("boxes", "confidence", "labels")} for i in range(len(images))]
+
+
+def assert_parity(results, references):
+    for result, reference in zip(results, references):
+        assert len(reference["boxes"]) > 0, "the test needs detections"
+        assert len(result["boxes"]) == len(reference["boxes"])
+        np.testing.assert_array_equal(result["labels"], reference["labels"])
+        np.testing.assert_allclose(result["boxes"], reference["boxes"], atol=0.5, rtol=0)
+        np.testing.assert_allclose(result["confidence"], reference["confidence"], atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=needs_extra(f)) for f in ("onnx", "litert", "openvino")])
+def test_export_runs_in_its_runtime_like_detect(fmt, setup, tmp_path):
+    detector, root, images, references = setup
+    folder = tmp_path / fmt
+    code, out, err = run_cli("export", "--format", fmt, "--preset", str(root / "preset"), "--output", str(folder))
+    assert code == 0, err
+    metadata = json.loads((folder / "export.json").read_text())
+    assert metadata["input_size"] == list(SIZE) and metadata["class_names"] == CLASS_NAMES
+    assert_parity(run_fresh(folder, images, tmp_path), references)
+
+    # The in-package runner (gflv2 predict --model) gives the same detections.
+    from gflv2_keras.export.runtimes import load_exported
+
+    exported = load_exported(folder)
+    detected = [exported.detect(image) for image in images]
+    assert_parity([{"boxes": d["boxes"], "confidence": d["confidence"], "labels": d["labels"]} for d in detected],
+                  references)  # fmt: skip
+    # ... and refuses to replace the export without --overwrite.
+    code, _, err = run_cli("export", "--format", fmt, "--preset", str(root / "preset"), "--output", str(folder))
+    assert code == 2 and "--overwrite" in err
+
+
+@needs_extra("litert")
+@pytest.mark.parametrize("weights", ["fp16", "int8"])
+def test_litert_reduced_weights_stay_close(weights, setup, tmp_path):
+    detector, root, images, references = setup
+    from gflv2_keras.export.formats import export_portable
+    from gflv2_keras.export.runtimes import load_exported
+
+    full = export_portable(detector, "litert", tmp_path / "fp32")
+    reduced = export_portable(detector, "litert", tmp_path / weights, weights=weights)
+    assert (reduced / "model.tflite").stat().st_size < 0.7 * (full / "model.tflite").stat().st_size
+    result = load_exported(reduced).detect(images[0])
+    assert len(result["boxes"]) > 0
+    np.testing.assert_allclose(result["confidence"][:3], references[0]["confidence"][:3], atol=5e-3, rtol=0)
+
+
+@needs_extra("onnx")
+def test_yxyx_layout_is_normalised_and_swapped(setup, tmp_path):
+    detector, root, images, references = setup
+    from gflv2_keras.export.formats import export_portable
+    from gflv2_keras.export.runtimes import load_exported
+
+    exported = load_exported(export_portable(detector, "onnx", tmp_path / "yxyx", box_layout="yxyx"))
+    boxes = exported.run_batch(images[0][None])[0]["boxes"]
+    h, w = SIZE
+    expected = references[0]["boxes"][:, [1, 0, 3, 2]] / np.float32([h, w, h, w])
+    np.testing.assert_allclose(boxes, expected, atol=0.5 / max(SIZE), rtol=0)
+    assert boxes.max() <= 1.0 + 1e-6
+
+
+@needs_extra("onnx")
+def test_runner_refuses_files_of_another_format_or_corrupt(setup, tmp_path, capsys):
+    detector, root, images, references = setup
+    from gflv2_keras.export.formats import export_portable
+
+    folder = export_portable(detector, "onnx", tmp_path / "onnx")
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(images[0]).save(image)
+    (folder / "model.onnx").write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 64)
+    assert main(["predict", str(image), "--model", str(folder), "--output", str(tmp_path / "p")]) == 2
+    assert "not an ONNX model" in capsys.readouterr().err
+    (folder / "model.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    assert main(["predict", str(image), "--model", str(folder), "--output", str(tmp_path / "p")]) == 2
+    assert "cannot be loaded as onnx" in capsys.readouterr().err
+    assert main(["predict", str(image), "--model", str(image), "--output", str(tmp_path / "p")]) == 2
+    assert "not a gflv2 export" in capsys.readouterr().err
+
+
+def test_unknown_format_lists_the_valid_ones(setup, tmp_path):
+    code, _, err = run_cli("export", "--format", "tflite", "--preset", PRESET, "--output", str(tmp_path / "x"))
+    assert code == 2 and "saved_model, onnx, litert, openvino" in err
+
+
+def test_missing_runtime_names_the_extra(monkeypatch):
+    from gflv2_keras.export import formats
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import raises ImportError
+    with pytest.raises(formats.MissingRuntimeError, match=r"gflv2-keras\[openvino\]"):
+        formats.require("openvino", "openvino")
