@@ -122,7 +122,7 @@ def test_a_bad_override_is_refused_before_anything_is_built(overrides, field, ti
 
 def test_every_official_row_and_the_demo_have_a_recipe():
     assert set(OFFICIAL) | {"gflv2_tiny_r18_demo"} <= set(list_recipes())
-    repo_recipes = Path(__file__).resolve().parents[1] / "recipes"
+    repo_recipes = Path(__file__).resolve().parents[2] / "recipes"
     one_x, ms2x = load_recipe("gflv2_r50_fpn_1x_coco"), load_recipe(str(repo_recipes / "gflv2_r101_fpn_ms2x_coco.py"))
     assert (one_x["epochs"], one_x["lr_steps"], one_x["multiscale_range"]) == (12, [8, 11], None)
     assert (ms2x["epochs"], ms2x["lr_steps"], ms2x["multiscale_range"]) == (24, [16, 22], [480, 960])

@@ -81,7 +81,7 @@ def test_command_line(tmp_path):
         [sys.executable, "-m", "gflv2_keras.data.synthetic", str(tmp_path), "--num-train", "2", "--num-val", "1"],
         capture_output=True,
         text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         timeout=120,
     )
     assert result.returncode == 0, result.stderr

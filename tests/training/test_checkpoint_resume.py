@@ -13,7 +13,7 @@ import pytest
 
 from gflv2_keras.training import checkpoint as ckpt
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class _TinyModel(keras.Model):

@@ -12,8 +12,8 @@ from gflv2_keras.ops import boxes
 from gflv2_keras.assigners.atss import atss_assign
 from gflv2_keras.losses.gfl_loss import gfl_loss, replica_mean, valid_point_mask
 from gflv2_keras.ops.integral import integral_distances
-from test_atss import IMAGE_HW, NUM_CLASSES, atss_reference, numpy_valid_points, random_gt
-from test_losses import dfl_reference, giou_loss_reference, qfl_reference
+from numpy_reference.atss import IMAGE_HW, NUM_CLASSES, atss_reference, numpy_valid_points, random_gt
+from numpy_reference.losses import dfl_reference, giou_loss_reference, qfl_reference
 
 REG_MAX = 16
 

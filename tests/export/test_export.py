@@ -33,7 +33,7 @@ from gflv2_keras.cli import main
 from gflv2_keras.export import export_keras_archive, export_saved_model
 from gflv2_keras.export import saved_model as export_module
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRESET = "gflv2_test_r18_nano"
 CLASS_NAMES = ["circle", "square", "triangle"]
 K = 100  # max_detections of the test config

@@ -1,0 +1,1 @@
+"""Independent float64 NumPy references of what the library computes (imported by the tests)."""
