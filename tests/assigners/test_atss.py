@@ -1,7 +1,5 @@
 """ATSS assignment vs an independent float64 NumPy port of the official per-image assigner."""
 
-import warnings
-
 import numpy as np
 import pytest
 

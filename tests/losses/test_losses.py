@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from gflv2_keras.losses.element_losses import distribution_focal_loss, giou_loss, quality_focal_loss
-from numpy_reference.losses import bce_reference, dfl_reference, giou_loss_reference, qfl_reference
+from numpy_reference.losses import dfl_reference, giou_loss_reference, qfl_reference
 
 
 def value_and_grad(fn, *args):
