@@ -5,7 +5,6 @@ The NumPy reference follows MMDetection's ``Res2Net`` / ``Bottle2neck`` forward 
 ``count_include_pad`` averaging, ``ceil_mode`` windows), in float64 on tiny shapes.
 """
 
-import importlib.util
 
 import keras
 import numpy as np
@@ -20,7 +19,6 @@ PRESET = "gflv2_r2_101_dcn_fpn_ms2x_coco"
 OFFICIAL_PARAMS = 53_580_319
 # DCNv1 conv_offset (18 x w x 3 x 3 weight + 18 bias) on the 3 ``convs.i`` of each c4-c5 block.
 OFFSET_PARAMS = 23 * 3 * (104 * 18 * 9 + 18) + 3 * 3 * (208 * 18 * 9 + 18)
-HAS_DCN_LAYER = importlib.util.find_spec("gflv2_keras.layers.deform_conv2d") is not None
 EPS = 1e-5
 
 
@@ -199,7 +197,6 @@ def test_param_count_without_dcn_matches_official_minus_offsets(r2_101_no_dcn):
 
 
 @pytest.mark.slow  # builds 52M parameters and 78 deformable convs (about a minute on 2 CPU cores)
-@pytest.mark.skipif(not HAS_DCN_LAYER, reason="gflv2_keras.layers.deform_conv2d not written yet")
 def test_param_count_of_dcn_preset_matches_official():
     from gflv2_keras.models.detector import GFLV2Detector
 
