@@ -5,26 +5,20 @@ import io
 import time
 from types import SimpleNamespace
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from gflv2_keras import GFLV2Detector
 from gflv2_keras.cli import main
 from gflv2_keras.export import saved_model as export_module
 
-from serving_support import CLASS_NAMES, PRESET, decode, sample_images
+from serving_support import CLASS_NAMES, decode, sample_images
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, nano_factory):
     """The nano preset (random weights, threshold 0 so there are detections) exported via the CLI."""
-    keras.utils.set_random_seed(0)
-    detector = GFLV2Detector.from_preset(
-        PRESET, load_weights=False, test_config={"score_threshold": 0.0}, class_names=CLASS_NAMES
-    )
-    detector.build_for_inference()
+    detector = nano_factory(seed=0, test_config={"score_threshold": 0.0}, class_names=CLASS_NAMES)
     root = tmp_path_factory.mktemp("export")
     detector.save_to_preset(root / "preset")
     base = root / "models" / "gflv2_nano"

@@ -14,11 +14,9 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 
-from gflv2_keras import GFLV2Detector
 from gflv2_keras.cli import main
 
 PRESET = "gflv2_test_r18_nano"
@@ -50,12 +48,9 @@ def run_cli(*argv):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, nano_factory):
     """Nano preset with random weights and threshold 0 (so there are detections), saved as a preset folder."""
-    keras.utils.set_random_seed(0)
-    detector = GFLV2Detector.from_preset(
-        PRESET, load_weights=False, test_config={"score_threshold": 0.0}, class_names=CLASS_NAMES
-    )
+    detector = nano_factory(seed=0, test_config={"score_threshold": 0.0}, class_names=CLASS_NAMES)
     detector.build_for_inference()
     root = tmp_path_factory.mktemp("formats")
     detector.save_to_preset(root / "preset")

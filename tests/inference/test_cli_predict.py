@@ -54,11 +54,10 @@ def test_predict_cli_processes_good_files_and_names_bad_ones(images, tmp_path, c
     assert not (out / "corrupt.json").exists()
 
 
-def test_predict_cli_writes_detections_in_original_pixels(tmp_path, capsys):
+def test_predict_cli_writes_detections_in_original_pixels(tmp_path, capsys, nano_factory):
     from gflv2_keras import GFLV2Detector
 
-    detector = GFLV2Detector.from_preset("gflv2_test_r18_nano", load_weights=False,
-                                         test_config={"score_threshold": 0.0, "max_detections": 5})
+    detector = nano_factory(test_config={"score_threshold": 0.0, "max_detections": 5})
     detector.save_to_preset(tmp_path / "preset")
     Image.fromarray(np.full((120, 200, 3), 128, np.uint8)).save(tmp_path / "a.png")
     code = main(["predict", str(tmp_path / "a.png"), "--preset", str(tmp_path / "preset"), "--output", str(tmp_path / "o")])

@@ -30,10 +30,9 @@ def _convert(boxes, source, target, height, width):
 
 
 @pytest.fixture(scope="module")
-def detectors():
+def detectors(nano_factory):
     """One nano detector per format, all with the same weights; ``"xyxy"`` is the reference."""
-    keras.utils.set_random_seed(11)
-    base = GFLV2Detector.from_preset(NANO, load_weights=False, test_config=TEST_CONFIG).build_for_inference()
+    base = nano_factory(seed=11, test_config=TEST_CONFIG)
     out = {}
     for fmt in BOUNDING_BOX_FORMATS:
         detector = GFLV2Detector.from_preset(
@@ -160,9 +159,8 @@ def test_format_is_saved_and_old_presets_load_as_xyxy(tmp_path):
     assert GFLV2Detector.from_preset(str(tmp_path / "p")).bounding_box_format == "xyxy"
 
 
-def test_compile_defaults_to_the_official_optimizer():
-    keras.utils.set_random_seed(14)
-    detector = GFLV2Detector.from_preset(NANO, load_weights=False).build_for_inference()
+def test_compile_defaults_to_the_official_optimizer(nano_factory):
+    detector = nano_factory(seed=14)
     detector.compile(global_batch_size=2)
     optimizer = detector.optimizer
     assert isinstance(optimizer, CoupledSGD)

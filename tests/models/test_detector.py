@@ -2,7 +2,6 @@
 
 import json
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,12 +13,6 @@ from gflv2_keras.ops.boxes import level_sizes
 from gflv2_keras.presets import PRESETS, list_presets
 
 NANO = "gflv2_test_r18_nano"
-
-
-@pytest.fixture(scope="module")
-def nano():
-    keras.utils.set_random_seed(1)
-    return GFLV2Detector.from_preset(NANO, load_weights=False).build_for_inference()
 
 
 @pytest.mark.parametrize("hw", [(64, 64), (96, 160), (100, 70), (37, 53)])
@@ -131,9 +124,8 @@ def test_compiled_inference_equals_eager(nano):
         np.testing.assert_allclose(np.asarray(graph_det[key]), np.asarray(eager_det[key]), atol=1e-4)
 
 
-def test_predict_maps_boxes_to_original_pixels():
-    keras.utils.set_random_seed(2)
-    detector = GFLV2Detector.from_preset(NANO, load_weights=False, test_config={"score_threshold": 0.0})
+def test_predict_maps_boxes_to_original_pixels(nano_factory):
+    detector = nano_factory(seed=2, test_config={"score_threshold": 0.0})
     detector.build_for_inference()
     image = np.random.default_rng(7).uniform(0, 255, (150, 60, 3)).astype(np.uint8)  # scaled x0.64 to 96 x 38
     out = detector.detect(image)

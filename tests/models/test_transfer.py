@@ -9,10 +9,9 @@ from gflv2_keras import GFLV2Detector
 
 
 @pytest.fixture(scope="module")
-def trained_preset(tmp_path_factory):
+def trained_preset(tmp_path_factory, nano_factory):
     """A nano preset folder with non-initial weights everywhere (3 classes)."""
-    detector = GFLV2Detector.from_preset("gflv2_test_r18_nano", load_weights=False, class_names=["a", "b", "c"])
-    detector.build_for_inference()
+    detector = nano_factory(class_names=["a", "b", "c"])
     rng = np.random.default_rng(0)
     for variable in detector.weights:
         variable.assign(rng.normal(size=variable.shape).astype("float32"))
