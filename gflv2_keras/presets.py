@@ -231,7 +231,7 @@ def _missing_weights_message(preset, weights):
     if info and "checkpoint_url" in info["metadata"]:
         lines += [
             f"Download the official checkpoint from {info['metadata']['checkpoint_url']}, then convert it:",
-            f"  pip install 'gflv2-keras[convert]'",
+            "  pip install 'gflv2-keras[convert]'",
             f"  gflv2 convert --checkpoint FILE.pth --preset {preset} --output {weights.parent}",
         ]
     else:

@@ -17,7 +17,13 @@ import json
 import sys
 from pathlib import Path
 
-from gflv2_keras.inference.images import ImageReadError, collect_image_paths, read_image
+from gflv2_keras.inference.images import (
+    ImageReadError,
+    collect_image_paths,
+    read_image,
+    set_max_image_pixels,
+)
+from gflv2_keras.utils.files import atomic_write
 
 
 def register(subparsers):
@@ -26,7 +32,17 @@ def register(subparsers):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help="preset name (see `gflv2 presets`) or preset folder")
     source.add_argument("--model", help="an exported model: folder or model file of `gflv2 export --format ...`")
-    parser.add_argument("--output", default="predictions", help="output folder (default: ./predictions)")
+    parser.add_argument(
+        "--output", default="predictions", help="output folder (default: ./predictions); never an input folder"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace STEM.jpg/STEM.json files already in --output"
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        help="largest image (width x height) decoded; larger ones are skipped (default: Pillow's 89,478,485)",
+    )
     parser.add_argument("--draw-threshold", type=float, default=0.3, help="smallest score drawn (default 0.3)")
     parser.add_argument(
         "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
@@ -35,26 +51,26 @@ def register(subparsers):
 
 
 def run(args):
+    from gflv2_keras.cli import UserError
+
+    if args.max_image_pixels is not None:
+        set_max_image_pixels(args.max_image_pixels)
     paths, problems = collect_image_paths(args.inputs)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not paths:
-        print("error: no images to process", file=sys.stderr)
-        return 2
+        raise UserError("no images to process")
+    output = Path(args.output)
+    stems = plan_output_stems(paths)
+    check_output_folder(args.inputs, output, stems, args.overwrite)
 
     from gflv2_keras.inference.draw import draw_detections
 
-    try:
-        detector = _load(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    detector = _load(args)
     names = detector.class_names
-    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     processed, skipped = 0, 0
-    used_stems = set()
-    for index, path in enumerate(paths, 1):
+    for index, (path, stem) in enumerate(zip(paths, stems), 1):
         try:
             loaded = read_image(path)
         except ImageReadError as error:
@@ -64,8 +80,7 @@ def run(args):
         for note in loaded.notes:
             print(f"[{index}/{len(paths)}] note: {path}: {note}")
         detections = detector.detect(loaded.pixels, bounding_box_format="xyxy")
-        stem = _unique_stem(Path(path).stem, used_stems)
-        draw_detections(loaded.pixels, detections, names, args.draw_threshold).save(output / f"{stem}.jpg", quality=92)
+        picture = draw_detections(loaded.pixels, detections, names, args.draw_threshold)
         record = {
             "file": str(path),
             "height": int(loaded.pixels.shape[0]),
@@ -81,12 +96,45 @@ def run(args):
                 for box, score, label in zip(detections["boxes"], detections["confidence"], detections["labels"])
             ],
         }
-        (output / f"{stem}.json").write_text(json.dumps(record, indent=1))
+        # Each file appears complete or not at all, even if the run is interrupted.
+        atomic_write(output / f"{stem}.jpg", lambda f: picture.save(f, "JPEG", quality=92))
+        atomic_write(output / f"{stem}.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
         processed += 1
         print(f"[{index}/{len(paths)}] {path}: {len(detections['boxes'])} detections -> {output / stem}.jpg/.json")
     problem_count = skipped + len(problems)
     print(f"done: {processed} of {len(paths)} images processed, {problem_count} problem(s)")
     return 1 if problem_count else 0
+
+
+def plan_output_stems(paths):
+    """One distinct output stem per input path (``a``, ``a_2``, ... for equal file stems)."""
+    used, stems = set(), []
+    for path in paths:
+        stems.append(_unique_stem(Path(path).stem, used))
+    return stems
+
+
+def check_output_folder(inputs, output, stems, overwrite):
+    """Refuses an output folder that is (or lies inside) an input folder, and existing outputs.
+
+    Raises ``UserError`` naming the folder or the first files that would be replaced (those are
+    replaced only with ``overwrite``); nothing is written before this check.
+    """
+    from gflv2_keras.cli import UserError
+
+    target = output.resolve()
+    for item in inputs:
+        folder = Path(item).resolve()
+        if folder.is_dir() and (target == folder or folder in target.parents):
+            raise UserError(
+                f"--output {output} is inside the input folder {item}: the pictures would mix with (or replace) "
+                "your images; choose an output folder outside the inputs"
+            )
+    existing = [output / f"{stem}{suffix}" for stem in stems for suffix in (".jpg", ".json")]
+    existing = [p for p in existing if p.exists()]
+    if existing and not overwrite:
+        shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise UserError(f"{len(existing)} output file(s) already exist ({shown}); pass --overwrite to replace them")
 
 
 def _load(args):
@@ -101,6 +149,7 @@ def _load(args):
 
 
 def _unique_stem(stem, used):
+    """``stem``, or ``stem_2``, ``stem_3`` ... if already in ``used`` (which it is added to)."""
     candidate, n = stem, 1
     while candidate in used:
         n += 1

@@ -33,11 +33,12 @@ import zipfile
 import keras
 import numpy as np
 
+from gflv2_keras.utils.files import TMP_MARK, atomic_write
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{9})\.npz$")
-_TMP_MARK = ".tmp-"
 
 
 def checkpoint_path(directory, iteration):
@@ -98,27 +99,6 @@ def _run_id(path):
             return json.loads(str(data["state"])).get("run_id")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
         return _UNREADABLE
-
-
-def atomic_write(path, write):
-    """Calls ``write(file)`` on a temporary file next to ``path``, then moves it onto ``path``.
-
-    The temporary file is flushed and fsync-ed before ``os.replace``, and the folder after it,
-    so ``path`` is always either its previous content or the complete new content. If
-    ``write`` raises, the temporary file is removed and ``path`` is untouched.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}{_TMP_MARK}{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-    _fsync_directory(directory)
 
 
 def read_checkpoint(path):
@@ -182,7 +162,7 @@ def clean_temporary_files(directory):
     """Removes ``.tmp-`` leftovers of writes interrupted by a crash."""
     if os.path.isdir(directory):
         for name in os.listdir(directory):
-            if _TMP_MARK in name and name.startswith("ckpt-"):
+            if TMP_MARK in name and name.startswith("ckpt-"):
                 _remove(os.path.join(directory, name))
 
 
@@ -207,19 +187,6 @@ def _remove(path):
         os.remove(path)
     except FileNotFoundError:
         pass
-
-
-def _fsync_directory(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform / file system
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class CheckpointCallback(keras.callbacks.Callback):

@@ -1,6 +1,7 @@
-"""Writing output folders so that a user's files are never lost.
+"""Writing files and folders so that a user's files are never lost.
 
-``publish_directory`` writes a folder next to its target and renames it into place: a reader
+``atomic_write`` replaces one file so that it is always either its old or its complete new
+content (temporary file + fsync + ``os.replace``). ``publish_directory`` writes a folder next to its target and renames it into place: a reader
 sees the old folder or the complete new one, never a half-written mix; an existing target is
 only replaced when the caller passes ``overwrite=True`` (the CLI's ``--overwrite``); an
 interrupted or failed write leaves the target as it was and removes its staging folder.
@@ -10,6 +11,44 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+
+# Marks the temporary name of a file being written (``NAME.tmp-PID``).
+TMP_MARK = ".tmp-"
+
+
+def atomic_write(path, write):
+    """Calls ``write(file)`` on a temporary file next to ``path``, then moves it onto ``path``.
+
+    The temporary file is flushed and fsync-ed before ``os.replace``, and the folder after it,
+    so ``path`` is always either its previous content or the complete new content. If
+    ``write`` raises (or the process is interrupted), the temporary file is removed and
+    ``path`` is untouched.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}{TMP_MARK}{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform / file system
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def refuse_existing(target, overwrite, what="output"):

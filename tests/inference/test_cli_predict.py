@@ -85,3 +85,53 @@ def test_predict_cli_without_images_fails_clearly(tmp_path, capsys):
     (tmp_path / "nothing").mkdir()
     assert main(["predict", str(tmp_path / "nothing"), "--preset", "gflv2_test_r18_nano"]) == 2
     assert "folder has no images" in capsys.readouterr().err
+
+
+def _checksums(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_predict_never_writes_into_the_input_folder(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(photos / "holiday.jpg")
+    before = _checksums(photos)
+    for output in (photos, photos / "predictions"):
+        code = main(["predict", str(photos), "--preset", "gflv2_test_r18_nano", "--random-weights", "--output", str(output)])
+        error = capsys.readouterr().err
+        assert code == 2 and "inside the input folder" in error and "Traceback" not in error
+        assert _checksums(photos) == before and not (photos / "predictions").exists()
+
+
+def test_predict_refuses_to_replace_earlier_outputs_without_overwrite(tmp_path, capsys):
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.json").write_text("the user's own notes")
+    args = ["predict", str(tmp_path / "a.png"), "--preset", "gflv2_test_r18_nano", "--random-weights", "--output", str(out)]
+    assert main(args) == 2
+    assert "already exist" in capsys.readouterr().err and (out / "a.json").read_text() == "the user's own notes"
+    assert main(args + ["--overwrite"]) == 0
+    assert json.loads((out / "a.json").read_text())["width"] == 50
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_decompression_bomb_is_skipped_and_the_rest_processed(tmp_path, capsys):
+    from PIL import Image as PILImage
+
+    limit = PILImage.MAX_IMAGE_PIXELS
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(inputs / "a_huge.png")
+    Image.fromarray(np.full((30, 40, 3), 200, np.uint8)).save(inputs / "b_small.png")
+    try:
+        code = main(["predict", str(inputs), "--preset", "gflv2_test_r18_nano", "--random-weights",
+                     "--output", str(tmp_path / "out"), "--max-image-pixels", "100000"])
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit
+    captured = capsys.readouterr()
+    assert code == 1 and "a_huge.png: image larger than the limit of 100,000 pixels" in captured.err
+    assert (tmp_path / "out" / "b_small.json").is_file() and not (tmp_path / "out" / "a_huge.json").exists()
+    assert "Traceback" not in captured.err
