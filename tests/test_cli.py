@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-from gflv2_keras.cli import EXIT_USER_ERROR, main
+from gflv2_keras.cli import main
+from gflv2_keras.utils.cli import EXIT_USER_ERROR
 
 
 def _gflv2(*args):

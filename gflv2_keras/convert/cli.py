@@ -20,7 +20,7 @@ def register(subparsers):
 
 
 def run(args):
-    from gflv2_keras.cli import UserError
+    from gflv2_keras.utils.cli import UserError
     from gflv2_keras.convert.mapping import convert_checkpoint
 
     try:

@@ -51,7 +51,7 @@ def register(subparsers):
 
 
 def run(args):
-    from gflv2_keras.cli import UserError
+    from gflv2_keras.utils.cli import UserError
 
     if args.max_image_pixels is not None:
         set_max_image_pixels(args.max_image_pixels)
@@ -120,7 +120,7 @@ def check_output_folder(inputs, output, stems, overwrite):
     Raises ``UserError`` naming the folder or the first files that would be replaced (those are
     replaced only with ``overwrite``); nothing is written before this check.
     """
-    from gflv2_keras.cli import UserError
+    from gflv2_keras.utils.cli import UserError
 
     target = output.resolve()
     for item in inputs:

@@ -75,7 +75,7 @@ def run_train(args, recipe=None):
 
 def run_recipe_cli(recipe, argv=None):
     """``python recipes/NAME.py --data-root DIR [...]``: the ``gflv2 train`` options for one recipe."""
-    from gflv2_keras.cli import run_command, split_verbose
+    from gflv2_keras.utils.cli import run_command, split_verbose
 
     argv, verbose = split_verbose(sys.argv[1:] if argv is None else argv)
     parser = build_train_parser(prog=f"python recipes/{recipe['name']}.py", with_recipe=False)
