@@ -166,7 +166,7 @@ def _nano_recipe():
         epochs=2,
         lr_steps=[1],
         base_lr_per_16=0.1,
-        batch_per_replica=4,  # 10 images -> 3 steps per epoch, the last batch straddles epochs
+        batch_per_replica=4,  # 10 images grouped by orientation -> 4 steps per epoch (grouped batches)
         scale=[128, 96],
         multiscale_range=[64, 96],  # random scale and flip: data order and augmentation must resume too
         warmup_iters=2,
@@ -178,20 +178,25 @@ def _nano_recipe():
 
 
 def test_resume_after_crash_equals_uninterrupted_run(tiny_coco, tmp_path):
+    from gflv2_keras.data.canvas import training_canvases
     from gflv2_keras.training.trainer import train
 
     common = dict(data_root=tiny_coco, tensorboard=False, save_preset=False, verbose=0)
     reference = train(_nano_recipe(), work_dir=str(tmp_path / "a"), **common)
-    assert reference["iterations"] == 6
+    steps = reference["steps_per_epoch"]
+    assert reference["iterations"] == 2 * steps
+    # Every step ran one of the few traced steps (one per canvas, the box count being fixed).
+    assert reference["model"].train_step_traces <= len(training_canvases((128, 96), (64, 96)))
 
-    # Crash mid-epoch 2 at iteration 5: the newest checkpoint is iteration 4 (epoch 1, step 1).
+    # Crash mid-epoch 2 one step after a checkpoint: the newest checkpoint is epoch 1 + 2 steps.
+    crash = steps + 3
     with pytest.raises(RuntimeError, match="injected crash"):
-        train(_nano_recipe(), work_dir=str(tmp_path / "b"), callbacks=[_CrashAt(5)], **common)
+        train(_nano_recipe(), work_dir=str(tmp_path / "b"), callbacks=[_CrashAt(crash)], **common)
     latest = ckpt.latest_checkpoint(str(tmp_path / "b" / "checkpoints"))
-    assert latest.endswith("ckpt-000000004.npz")
+    assert latest.endswith(f"ckpt-{crash - 1:09d}.npz")
 
     resumed = train(_nano_recipe(), work_dir=str(tmp_path / "b"), resume=True, **common)
-    assert resumed["iterations"] == 6
+    assert resumed["iterations"] == 2 * steps
     model_a, model_b = reference["model"], resumed["model"]
     for wa, wb in zip(model_a.weights, model_b.weights):
         np.testing.assert_allclose(np.asarray(wb), np.asarray(wa), rtol=1e-5, atol=1e-6, err_msg=wa.path)
