@@ -39,7 +39,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         from gflv2_keras.training.checkpoint import NonFiniteError
 
-        for name, value in (logs or {}).items():
+        for name, value in sorted((logs or {}).items(), key=lambda item: item[0] != "loss"):  # loss first
             try:
                 number = float(value)
             except (TypeError, ValueError):
