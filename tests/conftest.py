@@ -8,8 +8,8 @@ Fixtures:
         ``bounding_box_format``, ...).
     nano: one such detector (seed 1), shared by a module.
     tiny_coco: a synthetic COCO-layout dataset (10 train, 2 val images), shared by the session.
-    nano_recipe: ``nano_recipe(**overrides)``, a CPU-sized training recipe for ``gflv2_test_r18_nano``
-        on ``tiny_coco``'s layout.
+    nano_recipe: ``nano_recipe(**changes)``, a 2-epoch CPU-sized recipe for ``gflv2_test_r18_nano``
+        on ``tiny_coco``'s layout, with random scale and flip.
 
 ``tests/`` is on ``sys.path`` (rootdir conftest), so ``numpy_reference`` and ``torch_reference``
 import as packages from any test folder.
@@ -58,23 +58,23 @@ def tiny_coco(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def nano_recipe():
+    """``nano_recipe(**changes)``: a 2-epoch nano recipe on ``tiny_coco`` with random scale and flip."""
     from gflv2_keras.recipes import SYNTHETIC_DATA, coco_recipe
 
-    def build(**overrides):
-        settings = {
-            "name": "nano",
-            "epochs": 2,
-            "lr_steps": [1],
-            "base_lr_per_16": 0.1,
-            "batch_per_replica": 4,
-            "scale": [128, 96],
-            "warmup_iters": 2,
-            "checkpoint_every_steps": 2,
-            "keep_checkpoints": 2,
-            "eval_every_epochs": 0,
-            **SYNTHETIC_DATA,
-            **overrides,
-        }
-        return coco_recipe(NANO_PRESET, **settings)
+    def make(**changes):
+        settings = dict(
+            name="nano_resume",
+            epochs=2,
+            lr_steps=[1],
+            base_lr_per_16=0.1,
+            batch_per_replica=4,  # 10 images grouped by orientation -> 4 steps per epoch
+            scale=[128, 96],
+            multiscale_range=[64, 96],  # random scale and flip: data order and augmentation must resume too
+            warmup_iters=2,
+            checkpoint_every_steps=2,
+            keep_checkpoints=2,
+            eval_every_epochs=0,
+        )
+        return coco_recipe(NANO_PRESET, **{**settings, **changes, **SYNTHETIC_DATA})
 
-    return build
+    return make

@@ -104,30 +104,8 @@ def build_dataset(
         raise ValueError(f"build_dataset: batch_size must be >= 1, got {batch_size}")
     if multiscale_range is not None and (len(multiscale_range) != 2 or multiscale_range[0] > multiscale_range[1]):
         raise ValueError(f"build_dataset: multiscale_range must be (short_min, short_max), got {multiscale_range}")
-    records = check_image_files(dataset, check_files) if check_files else dataset.usable_records()
-    if not records:
-        raise ValueError(f"build_dataset: no usable image in {dataset.annotation_file}")
-    if dataset.unreadable:
-        logger.warning(
-            "%s: %d of %d images left out as unreadable (ids %s)",
-            dataset.annotation_file,
-            len(dataset.unreadable),
-            len(dataset.records),
-            _first_ids(dataset.unreadable),
-        )
-    if shuffle_seed is None:
-        shuffle_seed = int(np.random.SeedSequence().generate_state(1)[0])
-        if training:
-            logger.warning("build_dataset: no shuffle_seed given, using shuffle_seed=%d", shuffle_seed)
-    if max_boxes is not None:
-        too_many = [r["image_id"] for r in records if len(r["labels"]) > max_boxes]
-        if too_many:
-            logger.warning(
-                "build_dataset: %d images have more than max_boxes=%d boxes, the extra boxes are dropped (ids %s)",
-                len(too_many),
-                max_boxes,
-                too_many[:10],
-            )
+    records = usable_records(dataset, check_files, max_boxes)
+    shuffle_seed = resolve_seed(shuffle_seed, training, "build_dataset")
 
     num = len(records)
     first_epoch = epoch + skip_batches * batch_size // num
@@ -150,19 +128,52 @@ def build_dataset(
     ds = tf.data.Dataset.range(first_epoch, end_epoch).flat_map(epoch_positions)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors(log_warning=True)
-    ds = ds.padded_batch(
+    ds = pad_batch(ds, batch_size, max_boxes, drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def pad_batch(ds, batch_size, max_boxes=None, drop_remainder=False):
+    """``padded_batch`` of ``(image, targets)`` elements: images with 0, boxes and labels with -1."""
+    return ds.padded_batch(
         batch_size,
-        padded_shapes=(
-            [None, None, 3],
-            {"boxes": [max_boxes, 4], "labels": [max_boxes], "image_shape": [2]},
-        ),
-        padding_values=(
-            0.0,
-            {"boxes": BOX_PADDING, "labels": LABEL_PADDING, "image_shape": 0},
-        ),
+        padded_shapes=([None, None, 3], {"boxes": [max_boxes, 4], "labels": [max_boxes], "image_shape": [2]}),
+        padding_values=(0.0, {"boxes": BOX_PADDING, "labels": LABEL_PADDING, "image_shape": 0}),
         drop_remainder=drop_remainder,
     )
-    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def usable_records(dataset, check_files="header", max_boxes=None):
+    """The records a pipeline reads: unreadable files left out and reported, ``max_boxes`` overflow logged."""
+    records = check_image_files(dataset, check_files) if check_files else dataset.usable_records()
+    if not records:
+        raise ValueError(f"build_dataset: no usable image in {dataset.annotation_file}")
+    if dataset.unreadable:
+        logger.warning(
+            "%s: %d of %d images left out as unreadable (ids %s)",
+            dataset.annotation_file,
+            len(dataset.unreadable),
+            len(dataset.records),
+            _first_ids(dataset.unreadable),
+        )
+    if max_boxes is not None:
+        too_many = [r["image_id"] for r in records if len(r["labels"]) > max_boxes]
+        if too_many:
+            logger.warning(
+                "build_dataset: %d images have more than max_boxes=%d boxes, the extra boxes are dropped (ids %s)",
+                len(too_many),
+                max_boxes,
+                too_many[:10],
+            )
+    return records
+
+
+def resolve_seed(shuffle_seed, training, where):
+    """``shuffle_seed``, or a fresh one (logged when training: a run is only reproducible with it)."""
+    if shuffle_seed is None:
+        shuffle_seed = int(np.random.SeedSequence().generate_state(1)[0])
+        if training:
+            logger.warning("%s: no shuffle_seed given, using shuffle_seed=%d", where, shuffle_seed)
+    return shuffle_seed
 
 
 def steps_per_epoch(dataset, batch_size, drop_remainder=False, check_files="header"):
@@ -192,6 +203,26 @@ def scale_and_flip_boxes(boxes, original_size, resized_size, flip):
     return tf.where(flip, flipped, boxes)
 
 
+def sample_size(height, width, seed, epoch, position, scale, multiscale_range, flip_prob):
+    """Resized ``(new_h, new_w)`` and the flip of the image at ``position`` of epoch ``epoch``.
+
+    A pure function of ``(seed, epoch, position)`` and the original ``(height, width)``: the
+    grouped batch plan calls it on the annotation sizes, the loader on the decoded image, and
+    both get the same answer (parallelism never changes the data).
+    """
+    sample_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed, epoch]), position)
+    scale_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(sample_seed, 2))
+    if multiscale_range is None:
+        new_h, new_w = preprocess.rescale_size(height, width, scale)
+    else:
+        short = tf.random.stateless_uniform(
+            [], scale_seed, minval=multiscale_range[0], maxval=multiscale_range[1] + 1, dtype=tf.int32
+        )
+        new_h, new_w = preprocess.rescale_size(height, width, (max(scale), short))
+    flip = tf.random.stateless_uniform([], flip_seed) < flip_prob
+    return new_h, new_w, flip
+
+
 def _make_loader(records, seed, scale, multiscale_range, flip_prob, max_boxes):
     """The per-image map function ``(record index, epoch, position) -> (image, targets)``."""
     file_names = tf.constant([r["file_name"] for r in records])
@@ -199,23 +230,12 @@ def _make_loader(records, seed, scale, multiscale_range, flip_prob, max_boxes):
     splits = tf.constant(np.concatenate([[0], np.cumsum(counts)]), tf.int64)
     all_boxes = tf.constant(np.concatenate([r["boxes"] for r in records]).reshape(-1, 4), tf.float32)
     all_labels = tf.constant(np.concatenate([r["labels"] for r in records]), tf.int32)
-    long_max = max(scale)
 
     def load(index, epoch, position):
         image = tf.io.decode_image(tf.io.read_file(file_names[index]), channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
         height, width = tf.shape(image)[0], tf.shape(image)[1]
-        # Scale and flip depend on (seed, epoch, position) only, never on parallelism.
-        sample_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed, epoch]), position)
-        scale_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(sample_seed, 2))
-        if multiscale_range is None:
-            new_h, new_w = preprocess.rescale_size(height, width, scale)
-        else:
-            short = tf.random.stateless_uniform(
-                [], scale_seed, minval=multiscale_range[0], maxval=multiscale_range[1] + 1, dtype=tf.int32
-            )
-            new_h, new_w = preprocess.rescale_size(height, width, (long_max, short))
-        flip = tf.random.stateless_uniform([], flip_seed) < flip_prob
+        new_h, new_w, flip = sample_size(height, width, seed, epoch, position, scale, multiscale_range, flip_prob)
 
         image = preprocess.resize_image(image, new_h, new_w)
         image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)

@@ -222,6 +222,39 @@ class GFLV2Detector(keras.Model):
             total = total + ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
         return _scale_for_replicas(total)
 
+    def make_train_function(self, force=False):
+        """Keras' training function, traced once per exact input shape (one per training canvas).
+
+        Keras' own function takes the ``tf.data`` iterator inside one ``tf.function`` and so
+        sees the dataset's ``None`` height and width; ATSS and XLA need static ones. Here the
+        batch is taken from the iterator eagerly and the step (``train_step`` under the
+        strategy, XLA with ``jit_compile``) is a ``tf.function`` with ``reduce_retracing=False``,
+        so it is traced once per batch shape: the grouped training stream has a fixed set of
+        canvases (``data.canvas.training_canvases``), hence a bounded number of traces.
+        ``self.train_step_traces`` counts them.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        import tensorflow as tf
+
+        self.train_step_traces = 0
+
+        def one_step_on_data(data):
+            self.train_step_traces += 1  # Python side effect: runs once per trace
+            outputs = self.distribute_strategy.run(self.train_step, args=(data,))
+            return _reduce_per_replica(outputs, self.distribute_strategy)
+
+        if not self.run_eagerly:
+            one_step_on_data = tf.function(one_step_on_data, reduce_retracing=False, jit_compile=self.jit_compile)
+
+        def function(iterator):
+            for _ in range(self.steps_per_execution):
+                outputs = one_step_on_data(next(iterator))
+            return outputs
+
+        self.train_function = function
+        return function
+
     @property
     def metrics(self):
         # Keras already collects metrics assigned to the model; add ours only if it did not.
@@ -389,6 +422,13 @@ def _scale_for_replicas(loss):
 
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss if replicas == 1 else loss * (1.0 / replicas)
+
+
+def _reduce_per_replica(outputs, strategy):
+    """Keras' ``reduce_per_replica(..., reduction="auto")`` of a step's logs."""
+    from keras.src.backend.tensorflow.trainer import reduce_per_replica
+
+    return reduce_per_replica(outputs, strategy, reduction="auto")
 
 
 def _static_hw(images):

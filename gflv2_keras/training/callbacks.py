@@ -1,6 +1,7 @@
-"""The trainer's own Keras callbacks: the learning rate in the logs and the step timer."""
+"""The trainer's own Keras callbacks: the learning rate in the logs, the non-finite guard and the step timer."""
 
 import importlib.util
+import math
 import time
 
 import keras
@@ -24,6 +25,31 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["lr"] = self._lr()
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops the run at the first step whose loss (or a loss term) is NaN or Inf.
+
+    Placed before the checkpointer, it raises ``checkpoint.NonFiniteError`` (a ``ValueError``:
+    one ``gflv2 train: error:`` line and exit 2 from the CLI) naming the step, before that step
+    can be saved; ``--resume`` then continues from the last good checkpoint. A non-finite
+    gradient with a finite loss makes non-finite weights, which ``save_checkpoint`` refuses.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        from gflv2_keras.training.checkpoint import NonFiniteError
+
+        for name, value in sorted((logs or {}).items(), key=lambda item: item[0] != "loss"):  # loss first
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if not math.isfinite(number):
+                step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+                raise NonFiniteError(
+                    f"non-finite {name} = {number} at step {step}: the run stopped before saving it; "
+                    "--resume (resume=True) continues from the last good checkpoint"
+                )
 
 
 class StepTimer(keras.callbacks.Callback):

@@ -80,6 +80,7 @@ def save_checkpoint(directory, model, optimizer, state, keep=3):
     }
     arrays = {f"model/{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model_vars)}
     arrays.update({f"optimizer/{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(optimizer_vars)})
+    check_finite(arrays, model_vars + optimizer_vars, state["iteration"])
     arrays["state"] = np.array(json.dumps(state))
     path = checkpoint_path(directory, state["iteration"])
     atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -90,6 +91,20 @@ def save_checkpoint(directory, model, optimizer, state, keep=3):
 
 
 _UNREADABLE = object()
+
+
+class NonFiniteError(ValueError):
+    """A training step produced a NaN or Inf (loss or weights); nothing of it was saved."""
+
+
+def check_finite(arrays, variables, iteration):
+    """Raises ``NonFiniteError`` naming the first variable holding a NaN or Inf: never save one."""
+    for array, variable in zip(arrays.values(), variables):
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            raise NonFiniteError(
+                f"non-finite value in {variable.path} at step {iteration}: no checkpoint written; "
+                "--resume (resume=True) continues from the last good checkpoint"
+            )
 
 
 def _run_id(path):

@@ -19,8 +19,9 @@ import tensorflow as tf
 from gflv2_keras.training.strategy import STRATEGIES
 
 DATA_FIELDS = ("train_annotations", "train_images", "val_annotations", "val_images")
-# Boxes per image when XLA needs fixed shapes and the recipe does not set max_boxes (COCO
-# train2017 has at most 93 non-crowd boxes in an image).
+# Boxes per image when the recipe does not set max_boxes: a fixed box count keeps one traced
+# training step per canvas (and XLA needs it); COCO train2017 has at most 93 non-crowd boxes in
+# an image. Boxes beyond it are dropped with a warning naming the images.
 XLA_MAX_BOXES = 100
 VERBOSITY = ("auto", 0, 1, 2)
 
@@ -88,8 +89,8 @@ class TrainOptions:
 
     @property
     def max_boxes(self):
-        """Boxes per image of a batch: the recipe's, or ``XLA_MAX_BOXES`` under XLA, else None (largest)."""
-        return self.recipe["max_boxes"] or (XLA_MAX_BOXES if self.jit_compile else None)
+        """Boxes per image of a batch: the recipe's, else ``XLA_MAX_BOXES`` (fixed shapes: one trace per canvas)."""
+        return self.recipe["max_boxes"] or XLA_MAX_BOXES
 
     @property
     def checkpoint_dir(self):

@@ -13,8 +13,9 @@ as detectron2's ``detectron2/engine/defaults.py DefaultTrainer`` (``build_model`
    ``mirrored`` over the GPUs or N logical CPU devices, ``multi-worker`` from ``TF_CONFIG``),
    the steps per epoch, and the endless, deterministic stream of global batches (order, scale
    and flip are functions of ``(seed, epoch, position)``, so it can start at any iteration),
-   zero-padded to a fixed canvas so the training step has static shapes
-   (``data.canvas.pad_to_canvas``);
+   of orientation-grouped batches each zero-padded to the smallest of a few static canvases
+   (``data.grouping.build_grouped_dataset``, ``data.canvas.training_canvases``): one compiled
+   training step per canvas;
 2. ``build_schedule``: ``WarmupStepDecay`` with the lr scaled to the global batch;
 3. ``build_model``: the preset's ``GFLV2Detector`` under ``strategy.scope()`` (frozen stages and
    BatchNorm behaviour from the preset config) with the dataset's classes, its initial weights
@@ -45,8 +46,8 @@ from typing import Callable, NamedTuple
 import keras
 import tensorflow as tf
 
-from gflv2_keras.data.canvas import pad_to_canvas, training_canvas
-from gflv2_keras.training.callbacks import LearningRateLogger, StepTimer, tensorboard_available
+from gflv2_keras.data.canvas import training_canvases
+from gflv2_keras.training.callbacks import LearningRateLogger, NonFiniteGuard, StepTimer, tensorboard_available
 from gflv2_keras.training.checkpoint import CheckpointCallback, latest_checkpoint, restore_checkpoint
 from gflv2_keras.training.optimizer import CoupledSGD
 from gflv2_keras.training.options import resolve_run
@@ -95,9 +96,10 @@ class TrainingData:
         global_batch_size: images per step over all replicas.
         steps_per_epoch: one pass over the usable images, or the ``steps_per_epoch`` cap.
         epochs: epochs of the run.
-        canvas: ``(H, W)`` every batch is zero-padded to.
+        canvases: the ``(H, W)`` sizes a batch is zero-padded to (the smallest that fits it).
         stream: ``stream(skip_batches)`` -> the endless ``tf.data.Dataset`` of global batches
-            (``images [B, H, W, 3]`` float32, ``targets`` of ``data.pipeline.build_dataset``)
+            (``images [B, H, W, 3]`` float32 with ``(H, W)`` one of ``canvases``, ``targets``
+            of ``data.pipeline.build_dataset``)
             starting at global batch ``skip_batches``.
     """
 
@@ -105,7 +107,7 @@ class TrainingData:
     global_batch_size: int
     steps_per_epoch: int
     epochs: int
-    canvas: tuple
+    canvases: tuple
     stream: Callable
 
     @property
@@ -164,19 +166,19 @@ class Trainer:
     def build_data(self):
         """Stage 1: the training split, the global batch, steps per epoch and the stream (``TrainingData``)."""
         from gflv2_keras.data.coco import load_coco
-        from gflv2_keras.data.pipeline import steps_per_epoch as count_steps
+        from gflv2_keras.data.grouping import grouped_epoch_steps
 
         recipe, paths = self.recipe, self.options.data_paths
         dataset = load_coco(paths["train_annotations"], paths["train_images"], for_training=True)
         global_batch = recipe["batch_per_replica"] * self.strategy.num_replicas_in_sync
-        steps = count_steps(dataset, global_batch)
+        steps = grouped_epoch_steps(dataset, global_batch)
         if self.options.steps_per_epoch:
             steps = min(steps, self.options.steps_per_epoch)
-        canvas = training_canvas(recipe["scale"], recipe["multiscale_range"])
+        canvases = tuple(training_canvases(recipe["scale"], recipe["multiscale_range"]))
         stream = functools.partial(
-            training_stream, dataset, recipe, global_batch, canvas, self.options.max_boxes, self.strategy
+            training_stream, dataset, recipe, global_batch, canvases, self.options.max_boxes, self.strategy
         )
-        return TrainingData(dataset, global_batch, steps, recipe["epochs"], canvas, stream)
+        return TrainingData(dataset, global_batch, steps, recipe["epochs"], canvases, stream)
 
     def build_schedule(self, data):
         """Stage 2: ``WarmupStepDecay`` at ``base_lr_per_16`` scaled to the global batch (linear rule)."""
@@ -193,11 +195,11 @@ class Trainer:
     def describe(self, data, schedule):
         """Prints the run in one line."""
         recipe, replicas = self.recipe, self.strategy.num_replicas_in_sync
-        height, width = data.canvas
         print(
             f"[train] recipe {recipe['name']}: preset {recipe['preset']}, {replicas} replica(s) x "
             f"{recipe['batch_per_replica']} = global batch {data.global_batch_size}, lr {schedule.base_lr:g}, "
-            f"{recipe['epochs']} epochs x {data.steps_per_epoch} steps, canvas {height}x{width}, "
+            f"{recipe['epochs']} epochs x {data.steps_per_epoch} steps, {len(data.canvases)} canvases up to "
+            f"{max(h for h, _ in data.canvases)}x{max(w for _, w in data.canvases)}, "
             f"XLA {'on' if self.options.jit_compile else 'off'}, work dir {self.options.work_dir}"
         )
 
@@ -277,6 +279,7 @@ class Trainer:
     def build_callbacks(self, data, schedule, history):
         """Stage 5: the ``fit`` callbacks, in order (``RunCallbacks``).
 
+        ``NonFiniteGuard`` comes first (a NaN / Inf step stops the run before it is saved);
         ``LearningRateLogger`` and ``CocoEvaluationCallback`` come before the checkpointer so
         ``lr`` and ``val_AP...`` enter the stored history; the non-chief workers keep the
         checkpointer (it counts the history) but write nothing.
@@ -291,7 +294,7 @@ class Trainer:
             write=self.chief,
         )
         timer = StepTimer(data.global_batch_size)
-        callbacks = [LearningRateLogger(schedule)]
+        callbacks = [NonFiniteGuard(), LearningRateLogger(schedule)]
         if options.evaluate and recipe["eval_every_epochs"]:
             from gflv2_keras.evaluation.callback import CocoEvaluationCallback
 
@@ -362,30 +365,31 @@ class Trainer:
         return preset_dir
 
 
-def training_stream(dataset, recipe, global_batch_size, canvas, max_boxes, strategy, skip_batches=0):
-    """The endless training stream from global batch ``skip_batches`` on, padded to ``canvas``.
+def training_stream(dataset, recipe, global_batch_size, canvases, max_boxes, strategy, skip_batches=0):
+    """The endless training stream from global batch ``skip_batches`` on, on the static ``canvases``.
 
-    Order, scale and flip are functions of ``(seed, epoch, position)``
-    (``data.pipeline.build_dataset``), so the stream started at ``skip_batches = iteration`` is
-    the one an uninterrupted run sees from that iteration (exact resume). Batches are
-    ``images [global_batch_size, H, W, 3]`` float32 with ``(H, W) = canvas`` and the targets of
+    Batches are orientation-grouped and padded to the smallest canvas that holds them
+    (``data.grouping.build_grouped_dataset``); order, grouping, scale and flip are functions of
+    ``(seed, epoch, position)``, so the stream started at ``skip_batches = iteration`` is the one
+    an uninterrupted run sees from that iteration (exact resume). Batches are ``images
+    [global_batch_size, H, W, 3]`` float32 with ``(H, W)`` in ``canvases`` and the targets of
     ``build_dataset`` (``max_boxes`` boxes per image, or the largest count of the batch).
     """
-    from gflv2_keras.data.pipeline import build_dataset
+    from gflv2_keras.data.grouping import build_grouped_dataset
 
-    stream = build_dataset(
+    stream = build_grouped_dataset(
         dataset,
         global_batch_size,
         scale=tuple(recipe["scale"]),
         multiscale_range=recipe["multiscale_range"],
         flip_prob=recipe["flip_prob"],
-        training=True,
         shuffle_seed=recipe["seed"],
         max_boxes=max_boxes,
         num_epochs=None,
         skip_batches=skip_batches,
+        canvases=list(canvases),
     )
-    return shard_for(strategy, pad_to_canvas(stream, canvas))
+    return shard_for(strategy, stream)
 
 
 def compile_for_training(model, learning_rate, momentum=0.9, weight_decay=1e-4, jit_compile=False):

@@ -144,54 +144,32 @@ class _CrashAt(keras.callbacks.Callback):
             raise RuntimeError("injected crash")
 
 
-@pytest.fixture(scope="module")
-def tiny_coco(tmp_path_factory):
-    from gflv2_keras.data.synthetic import make_synthetic_coco
-
-    return make_synthetic_coco(str(tmp_path_factory.mktemp("coco")), num_train=10, num_val=2, seed=3)["root"]
-
-
 def _checksums(folder):
     import hashlib
 
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _nano_recipe():
-    from gflv2_keras.recipes import SYNTHETIC_DATA, coco_recipe
-
-    return coco_recipe(
-        "gflv2_test_r18_nano",
-        name="nano_resume",
-        epochs=2,
-        lr_steps=[1],
-        base_lr_per_16=0.1,
-        batch_per_replica=4,  # 10 images -> 3 steps per epoch, the last batch straddles epochs
-        scale=[128, 96],
-        multiscale_range=[64, 96],  # random scale and flip: data order and augmentation must resume too
-        warmup_iters=2,
-        checkpoint_every_steps=2,
-        keep_checkpoints=2,
-        eval_every_epochs=0,
-        **SYNTHETIC_DATA,
-    )
-
-
-def test_resume_after_crash_equals_uninterrupted_run(tiny_coco, tmp_path):
+def test_resume_after_crash_equals_uninterrupted_run(tiny_coco, nano_recipe, tmp_path):
+    from gflv2_keras.data.canvas import training_canvases
     from gflv2_keras.training.trainer import train
 
     common = dict(data_root=tiny_coco, tensorboard=False, save_preset=False, verbose=0)
-    reference = train(_nano_recipe(), work_dir=str(tmp_path / "a"), **common)
-    assert reference["iterations"] == 6
+    reference = train(nano_recipe(), work_dir=str(tmp_path / "a"), **common)
+    steps = reference["steps_per_epoch"]
+    assert reference["iterations"] == 2 * steps
+    # Every step ran one of the few traced steps (one per canvas, the box count being fixed).
+    assert reference["model"].train_step_traces <= len(training_canvases((128, 96), (64, 96)))
 
-    # Crash mid-epoch 2 at iteration 5: the newest checkpoint is iteration 4 (epoch 1, step 1).
+    # Crash mid-epoch 2 one step after a checkpoint: the newest checkpoint is epoch 1 + 2 steps.
+    crash = steps + 3
     with pytest.raises(RuntimeError, match="injected crash"):
-        train(_nano_recipe(), work_dir=str(tmp_path / "b"), callbacks=[_CrashAt(5)], **common)
+        train(nano_recipe(), work_dir=str(tmp_path / "b"), callbacks=[_CrashAt(crash)], **common)
     latest = ckpt.latest_checkpoint(str(tmp_path / "b" / "checkpoints"))
-    assert latest.endswith("ckpt-000000004.npz")
+    assert latest.endswith(f"ckpt-{crash - 1:09d}.npz")
 
-    resumed = train(_nano_recipe(), work_dir=str(tmp_path / "b"), resume=True, **common)
-    assert resumed["iterations"] == 6
+    resumed = train(nano_recipe(), work_dir=str(tmp_path / "b"), resume=True, **common)
+    assert resumed["iterations"] == 2 * steps
     model_a, model_b = reference["model"], resumed["model"]
     for wa, wb in zip(model_a.weights, model_b.weights):
         np.testing.assert_allclose(np.asarray(wb), np.asarray(wa), rtol=1e-5, atol=1e-6, err_msg=wa.path)
@@ -200,7 +178,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tiny_coco, tmp_path):
     # A new run (no --resume) into the used work dir refuses and changes nothing.
     before = _checksums(tmp_path / "b")
     with pytest.raises(ValueError, match=r"already holds a training run .*--resume.*new --work-dir"):
-        train(_nano_recipe(), work_dir=str(tmp_path / "b"), **common)
+        train(nano_recipe(), work_dir=str(tmp_path / "b"), **common)
     assert _checksums(tmp_path / "b") == before
     # The per-epoch history survives the crash (epoch 1 from the checkpoint, epoch 2 resumed).
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
