@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+from gflv2_keras.models.precision import PRECISIONS
 
 
 def measure_gemm_rate(dtype="float32", size=4096, repeats=5):
