@@ -5,11 +5,15 @@ def register(subparsers):
     parser = subparsers.add_parser("benchmark")
     parser.add_argument("--preset", default="gflv2_r50_fpn_1x_coco")
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1216), metavar=("H", "W"),
-                        help="input size, padded up to /32 (default 800 1216)")
-    parser.add_argument("--modes", default="eager,function,xla", help="comma list of eager,function,xla")
-    parser.add_argument("--precisions", default="float32,bfloat16", help="comma list of float32,bfloat16")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations (official: 5)")
-    parser.add_argument("--iterations", type=int, default=10, help="timed iterations; the median is reported")
+                        help="uint8 image size; its canvas is the network input (default 800 1216)")
+    parser.add_argument("--precision", "--precisions", dest="precisions", default="float32,bfloat16",
+                        help="comma list of float32,bfloat16 (bfloat16: dtype='mixed_bfloat16')")
+    parser.add_argument("--batches", default="1", help="comma list of predict batch sizes for images/s (e.g. 1,2,4)")
+    parser.add_argument("--torch", action="store_true",
+                        help="also time the PyTorch reference of the tests (source checkout, torch installed)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant")
+    parser.add_argument("--repeats", "--iterations", dest="repeats", type=int, default=5,
+                        help="interleaved timed rounds; the median is reported")
     parser.add_argument("--dcn", action="store_true", help="also time one DCN layer at a ResNet c4 shape")
     parser.add_argument("--training", action="store_true",
                         help="also time training steps (images/s) of --train-presets at --train-size")
@@ -28,10 +32,11 @@ def run(args):
             preset=args.preset,
             height=args.size[0],
             width=args.size[1],
-            modes=[m for m in args.modes.split(",") if m],
             precisions=[p for p in args.precisions.split(",") if p],
+            batches=[int(b) for b in args.batches.split(",") if b],
+            with_torch=args.torch,
             warmup=args.warmup,
-            iterations=args.iterations,
+            repeats=args.repeats,
         )
         print()
         print(format_table(rows, context))

@@ -1,41 +1,50 @@
-"""Inference speed in the manner of the official ``tools/benchmark.py``.
+"""Inference speed against the hardware and against the PyTorch reference, in one run.
 
-Batch 1, ``warmup`` untimed iterations, then ``iterations`` timed ones; the median time is
-reported. Like the official script, image decoding, resizing and normalisation are excluded:
-the input is an already preprocessed, padded tensor. Two timings per variant:
+``gflv2 benchmark`` prints:
 
-* ``network``: backbone + FPN + head.
-* ``+post``: the network plus decoding, per-level top-k, per-class NMS and rescaling.
+* the GEMM floors: float32 and bfloat16 ``4096 x 4096 x 4096`` matmul rates (TensorFlow);
+* the network's FLOPs (TF profiler on the traced graph) and so the floor time per precision;
+* per precision (``float32``, ``bfloat16`` = ``dtype="mixed_bfloat16"`` on every layer) and
+  mode: ``network`` (backbone + FPN + head alone, ``tf.function``, BN folded: what the
+  compiled path runs), ``network-xla`` (the same under XLA) and ``predict`` (``detector.predict``
+  of a uint8 image end to end: resize, normalise, pad, network, decoding, NMS, in the
+  compiled per-canvas function with the default XLA choice), and ``pre + post`` = predict -
+  network in the mode predict uses;
+* optionally ``predict`` throughput (images/s) at several batch sizes;
+* optionally the PyTorch twin of the tests (``tests/torch_reference/gflv2_torch.py``, source
+  checkout only; torch is imported only then) with the same weights and input: float32 NCHW,
+  channels_last, channels_last + bfloat16 autocast;
+* the ratios: floor fraction = floor time / measured time, and ``vs torch`` = the PyTorch
+  channels_last bf16 network time / ours.
 
-Variants: ``eager``, ``function`` (``tf.function``) and ``xla`` (``jit_compile=True`` for the
-network; NMS has no XLA kernel, so post-processing runs in a plain ``tf.function``), each in
-``float32`` and ``bfloat16`` (Keras ``mixed_bfloat16`` policy).
-
-The physical floor is the network's FLOPs (counted by the TensorFlow profiler on the traced
-graph) divided by the float32 GEMM rate measured in the same run; ``floor fraction`` =
-floor time / measured time (1.0 would mean the network runs at pure GEMM speed).
+Timings are interleaved (every variant once per round, ``repeats`` rounds) and the median is
+reported, so load from other processes on a shared machine hits all variants alike.
 """
 
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+from gflv2_keras.models.precision import PRECISIONS
 
-def measure_gemm_rate(size=2048, repeats=7):
-    """float32 GEMM throughput in FLOP/s (median of ``repeats`` ``size x size`` matmuls)."""
+
+def measure_gemm_rate(dtype="float32", size=4096, repeats=5):
+    """GEMM throughput in FLOP/s: the median of ``repeats`` ``size^3`` matmuls in ``dtype``."""
     import tensorflow as tf
 
-    a = tf.random.normal((size, size))
-    b = tf.random.normal((size, size))
+    a = tf.cast(tf.random.normal((size, size)), dtype)
+    b = tf.cast(tf.random.normal((size, size)), dtype)
     matmul = tf.function(lambda x, y: tf.linalg.matmul(x, y))
-    matmul(a, b).numpy()
+    matmul(a, b)[0, 0].numpy()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        matmul(a, b).numpy()
+        matmul(a, b)[0, 0].numpy()
         times.append(time.perf_counter() - start)
     return 2.0 * size**3 / statistics.median(times)
 
@@ -52,144 +61,231 @@ def count_network_flops(detector, height, width):
     return float(profile(graph, options=options).total_float_ops)
 
 
-def _time(fn, warmup, iterations):
-    for _ in range(warmup):
-        _block(fn())
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        _block(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _block(outputs):
-    """Wait for results (TF is asynchronous on accelerators) by fetching one value."""
-    first = outputs[next(iter(outputs))] if isinstance(outputs, dict) else outputs
-    np.asarray(first)
+    """Wait for results by fetching one value (TF is asynchronous on accelerators)."""
+    if isinstance(outputs, dict):
+        outputs = outputs[next(iter(outputs))]
+    elif isinstance(outputs, (list, tuple)):
+        outputs = outputs[0]
+    outputs.numpy() if hasattr(outputs, "numpy") else np.asarray(outputs)
 
 
-def _variant_functions(detector, inputs, image_info, mode):
+def time_interleaved(variants, warmup=2, repeats=5, log=print):
+    """``{name: median seconds}``: each round runs every variant once (round-robin).
+
+    Args:
+        variants: ``{name: (callable, images_per_call)}``; callables return something to block on.
+    """
+    for name, (fn, _) in variants.items():
+        log(f"  warming up {name} ...")
+        for _ in range(warmup):
+            _block(fn())
+    times = {name: [] for name in variants}
+    for round_index in range(repeats):
+        for name, (fn, _) in variants.items():
+            start = time.perf_counter()
+            _block(fn())
+            times[name].append(time.perf_counter() - start)
+        log(f"  round {round_index + 1}/{repeats} done")
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _keras_variants(detector, precision, image, batches):
+    """The timed callables of one Keras detector: network, network-xla, predict (+ batches)."""
     import tensorflow as tf
 
-    from gflv2_keras.ops.postprocess import postprocess
+    from gflv2_keras.models.fast_inference import folded_norms, resolve_jit
+    from gflv2_keras.models.preprocessing import canvas_size
 
-    height, width = inputs.shape[1], inputs.shape[2]
-    sizes, points, strides = detector.points_for(height, width)
+    height, width = canvas_size(image.shape[0], image.shape[1], detector.input_scale)
+    inputs = tf.constant(np.random.default_rng(0).normal(size=(1, height, width, 3)).astype(np.float32))
 
-    def network(x):
-        return detector(x, training=False)
+    def network_fn(jit):
+        def forward(x):
+            with folded_norms(detector):
+                return detector(x, training=False)
 
-    def post(outputs):
-        return postprocess(
-            outputs["confidence"], outputs["box_logits"], points, strides, sizes, image_info,
-            num_classes=detector.num_classes, reg_max=detector.reg_max, **detector.test_config,
-        )
+        fn = tf.function(forward, jit_compile=jit, autograph=False)
+        return lambda: fn(inputs)
 
-    if mode == "eager":
-        net, post_fn = network, post
-    elif mode == "function":
-        net, post_fn = tf.function(network, autograph=False), tf.function(post, autograph=False)
-    elif mode == "xla":
-        net, post_fn = tf.function(network, jit_compile=True, autograph=False), tf.function(post, autograph=False)
-    else:
-        raise ValueError(f"unknown mode {mode!r}; expected eager, function or xla")
-    return (lambda: net(inputs)), (lambda: post_fn(net(inputs)))
+    variants = {
+        (precision, "network"): (network_fn(False), 1),
+        (precision, "network-xla"): (network_fn(True), 1),
+        (precision, "predict"): (lambda: detector.predict(image[None]), 1),
+    }
+    for batch in batches:
+        if batch != 1:
+            stacked = np.repeat(image[None], batch, axis=0)
+            variants[(precision, f"predict b{batch}")] = (lambda s=stacked: detector.predict(s, batch_size=len(s)), batch)
+    uses_xla = resolve_jit(detector.inference_jit, detector.dtype_policy.compute_dtype)
+    return variants, uses_xla
+
+
+def _torch_variants(state_dict_source, config, height, width, threads):
+    """The PyTorch reference (``tests/torch_reference``) with the detector's weights."""
+    root = Path(__file__).resolve().parents[2] / "tests"
+    if not (root / "torch_reference" / "gflv2_torch.py").is_file():
+        raise ValueError("--torch needs a source checkout (tests/torch_reference/gflv2_torch.py not found)")
+    sys.path.insert(0, str(root))
+    import torch
+    from torch_reference import gflv2_torch as ref
+
+    torch.set_num_threads(threads)
+    model = ref.build_reference(config, seed=0, dtype=torch.float32)
+    state_dict_source(model.state_dict())
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, height, width)).astype(np.float32))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    model_cl = ref.build_reference(config, seed=0, dtype=torch.float32).to(memory_format=torch.channels_last)
+    model_cl.load_state_dict(model.state_dict())
+
+    def run(m, inp, bf16=False):
+        def call():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = m(inp)
+            return out[0][0].float().numpy()
+
+        return call
+
+    return {
+        ("torch", "fp32 NCHW"): (run(model, x), 1),
+        ("torch", "channels_last"): (run(model_cl, x_cl), 1),
+        ("torch", "channels_last bf16"): (run(model_cl, x_cl, bf16=True), 1),
+    }, torch.__version__
 
 
 def run_inference_benchmark(
     preset="gflv2_r50_fpn_1x_coco",
     height=800,
     width=1216,
-    modes=("eager", "function", "xla"),
     precisions=("float32", "bfloat16"),
-    warmup=5,
-    iterations=10,
+    batches=(1,),
+    with_torch=False,
+    warmup=2,
+    repeats=5,
     log=print,
 ):
-    """Time every (mode, precision) variant; returns ``(rows, context)``.
+    """Time every variant in interleaved rounds; returns ``(results, context)``.
 
-    ``rows`` are dicts with ``mode``, ``precision``, ``network_s``, ``full_s``, ``fps``,
-    ``fps_full`` and ``floor_fraction``; ``context`` holds FLOPs, GEMM rate and machine facts.
+    ``results`` maps ``(precision or "torch", mode)`` to ``{"seconds", "images"}``; ``context``
+    holds the GEMM rates, network FLOPs, which mode ``predict`` used and machine facts.
+    The image is uint8 ``height x width`` (its canvas is the network input of every variant).
     """
     import keras
-    import tensorflow as tf
 
     from gflv2_keras import GFLV2Detector
+    from gflv2_keras.convert import convert_state_dict
+    from gflv2_keras.models.preprocessing import canvas_size
 
-    height, width = -(-height // 32) * 32, -(-width // 32) * 32
-    rng = np.random.default_rng(0)
-    inputs = tf.constant(rng.normal(size=(1, height, width, 3)).astype(np.float32))
-    image_info = {
-        "image_shape": tf.constant([[height, width]], tf.float32),
-        "scale_factor": tf.constant([[1.0, 1.0]], tf.float32),
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    log("measuring the GEMM floors (4096^3 matmul, float32 and bfloat16) ...")
+    context = {
+        "preset": preset,
+        "height": height,
+        "width": width,
+        "gemm": {"float32": measure_gemm_rate("float32"), "bfloat16": measure_gemm_rate("bfloat16")},
+        "predict_xla": {},
+        **machine_facts(),
     }
-    log(f"measuring the float32 GEMM rate ...")
-    gemm = measure_gemm_rate()
-    context = {"preset": preset, "height": height, "width": width, "gemm_flops": gemm, **machine_facts()}
-    rows = []
-    original_policy = keras.config.dtype_policy()
-    try:
-        for precision in precisions:
-            keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-            keras.utils.set_random_seed(0)
-            detector = GFLV2Detector.from_preset(preset, load_weights=False).build_for_inference()
-            if "network_flops" not in context:
-                context["network_flops"] = count_network_flops(detector, height, width)
-                log(f"network: {context['network_flops'] / 1e9:.1f} GFLOP at {height}x{width}; "
-                    f"GEMM {gemm / 1e9:.1f} GFLOP/s -> floor {context['network_flops'] / gemm * 1e3:.0f} ms")
-            for mode in modes:
-                log(f"timing {mode} / {precision} ({warmup} warm-up + {iterations} timed) ...")
-                network_fn, full_fn = _variant_functions(detector, inputs, image_info, mode)
-                network_s = _time(network_fn, warmup, iterations)
-                full_s = _time(full_fn, max(1, warmup // 2), iterations)
-                rows.append({
-                    "mode": mode,
-                    "precision": precision,
-                    "network_s": network_s,
-                    "full_s": full_s,
-                    "fps": 1.0 / network_s,
-                    "fps_full": 1.0 / full_s,
-                    "floor_fraction": context["network_flops"] / gemm / network_s,
-                })
-    finally:
-        keras.config.set_dtype_policy(original_policy)
-    return rows, context
+    variants = {}
+    detectors = {}
+    for precision in precisions:
+        keras.utils.set_random_seed(0)
+        detector = GFLV2Detector.from_preset(preset, load_weights=False, dtype=PRECISIONS[precision])
+        detector.build_for_inference()
+        detectors[precision] = detector
+        found, uses_xla = _keras_variants(detector, precision, image, batches)
+        variants.update(found)
+        context["predict_xla"][precision] = uses_xla
+    first = detectors[precisions[0]]
+    canvas = canvas_size(height, width, first.input_scale)
+    context["canvas"] = canvas
+    context["network_flops"] = count_network_flops(
+        GFLV2Detector.from_preset(preset, load_weights=False).build_for_inference(), *canvas
+    )
+    if with_torch:
+        config = {k: first.get_config()[k] for k in ("backbone", "num_classes", "fpn_channels", "head")}
+
+        def load_into_detectors(state):
+            arrays = {k: v.numpy() for k, v in state.items()}
+            for detector in detectors.values():
+                convert_state_dict(detector, arrays)
+
+        torch_variants, context["torch"] = _torch_variants(load_into_detectors, config, *canvas, os.cpu_count())
+        variants.update(torch_variants)
+    medians = time_interleaved(variants, warmup=warmup, repeats=repeats, log=log)
+    results = {key: {"seconds": medians[key], "images": variants[key][1]} for key in variants}
+    return results, context
 
 
 def machine_facts():
-    """CPU model, core count and library versions for the benchmark header."""
+    """CPU model, ISA extensions, core count and library versions for the benchmark header."""
     import keras
     import tensorflow as tf
 
-    cpu = platform.processor() or "unknown CPU"
+    cpu, flags = platform.processor() or "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith("model name") and cpu in ("", platform.processor() or "unknown CPU"):
                     cpu = line.split(":", 1)[1].strip()
-                    break
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    isa = [name for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if name in flags]
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "tensorflow": tf.__version__, "keras": keras.__version__}
+    return {
+        "cpu": cpu,
+        "isa": isa,
+        "cores": os.cpu_count(),
+        "gpus": gpus,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
 
 
-def format_table(rows, context):
-    """Markdown table of the results with a header describing the run."""
+def format_table(results, context):
+    """Markdown: header (machine, floors), one row per variant, and the goal ratios."""
+    flops = context["network_flops"]
+    gemm = context["gemm"]
+    floor = {p: flops / gemm[p] for p in gemm}
     lines = [
-        f"preset {context['preset']}, input {context['height']}x{context['width']}, batch 1; "
-        f"{context['cpu']} ({context['cores']} cores{', GPUs: ' + ', '.join(context['gpus']) if context['gpus'] else ''}); "
-        f"TF {context['tensorflow']}, Keras {context['keras']}",
-        f"network {context['network_flops'] / 1e9:.1f} GFLOP; float32 GEMM {context['gemm_flops'] / 1e9:.1f} GFLOP/s; "
-        f"floor {context['network_flops'] / context['gemm_flops'] * 1e3:.0f} ms",
+        f"preset {context['preset']}, image {context['height']}x{context['width']} uint8 -> canvas "
+        f"{context['canvas'][0]}x{context['canvas'][1]}; {context['cpu']} ({context['cores']} cores; "
+        f"ISA {', '.join(context['isa']) or 'no AVX-512'}{'; GPUs: ' + ', '.join(context['gpus']) if context['gpus'] else ''}); "
+        f"TF {context['tensorflow']}, Keras {context['keras']}"
+        + (f", torch {context['torch']}" if "torch" in context else ""),
+        f"network {flops / 1e9:.1f} GFLOP; GEMM float32 {gemm['float32'] / 1e9:.0f} GFLOP/s -> floor "
+        f"{floor['float32'] * 1e3:.0f} ms; GEMM bfloat16 {gemm['bfloat16'] / 1e9:.0f} GFLOP/s -> floor "
+        f"{floor['bfloat16'] * 1e3:.0f} ms",
         "",
-        "| mode | precision | network ms | FPS | +post ms | FPS (+post) | floor fraction |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| precision | mode | ms / call | images/s | floor fraction (own precision) | x fp32 floor |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for (precision, mode), r in results.items():
+        per_image = r["seconds"] / r["images"]
+        own = floor.get(precision, floor["float32"]) if precision != "torch" else None
+        own_txt = "" if own is None else f"{own / per_image:.2f}"
         lines.append(
-            f"| {r['mode']} | {r['precision']} | {r['network_s'] * 1e3:.0f} | {r['fps']:.2f} | "
-            f"{r['full_s'] * 1e3:.0f} | {r['fps_full']:.2f} | {r['floor_fraction']:.2f} |"
+            f"| {precision} | {mode} | {r['seconds'] * 1e3:.0f} | {1.0 / per_image:.2f} | {own_txt} | "
+            f"{floor['float32'] / per_image:.2f} |"
         )
+    lines.append("")
+    for precision, xla in context["predict_xla"].items():
+        if (precision, "predict") not in results:
+            continue
+        predict = results[(precision, "predict")]["seconds"]
+        network = results[(precision, "network-xla" if xla else "network")]["seconds"]
+        lines.append(
+            f"- {precision}: predict uses the network {'under XLA' if xla else 'in the oneDNN graph (no XLA)'}; "
+            f"pre + post = {(predict - network) * 1e3:.0f} ms = {(predict - network) / network * 100:.1f} % of the "
+            f"network; predict = {floor[precision] / predict:.2f} of the {precision} floor, "
+            f"{floor['float32'] / predict:.2f} of the float32 floor"
+        )
+        if ("torch", "channels_last bf16") in results:
+            torch_s = results[("torch", "channels_last bf16")]["seconds"]
+            lines[-1] += f"; PyTorch channels_last bf16 network / our predict = {torch_s / predict:.2f}"
     return "\n".join(lines)

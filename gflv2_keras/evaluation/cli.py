@@ -1,5 +1,7 @@
 """``gflv2 evaluate``: COCO bbox AP of a preset on an annotated image folder."""
 
+from gflv2_keras.models.precision import PRECISIONS, add_precision_argument
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -12,6 +14,7 @@ def register(subparsers):
     parser.add_argument("--images", required=True, help="folder of the annotation file's images")
     parser.add_argument("--output", help="write the detections (COCO results JSON) here")
     parser.add_argument("--max-images", type=int, help="evaluate the first N images only")
+    add_precision_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -24,7 +27,7 @@ def run(args):
     for path, what in ((args.annotations, "annotation file"), (args.images, "image folder")):
         if not os.path.exists(path):
             raise SystemExit(f"gflv2 evaluate: {what} {path} does not exist")
-    detector = GFLV2Detector.from_preset(args.preset)
+    detector = GFLV2Detector.from_preset(args.preset, dtype=PRECISIONS[args.precision])
     results = evaluate(
         detector, args.annotations, args.images, output_json=args.output, max_images=args.max_images, verbose=False
     )

@@ -23,6 +23,7 @@ from gflv2_keras.inference.images import (
     read_image,
     set_max_image_pixels,
 )
+from gflv2_keras.models.precision import PRECISIONS, add_precision_argument
 from gflv2_keras.utils.files import atomic_write
 
 
@@ -47,6 +48,7 @@ def register(subparsers):
     parser.add_argument(
         "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
     )
+    add_precision_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -142,10 +144,14 @@ def _load(args):
     if args.model:
         from gflv2_keras.export.runtimes import load_exported
 
+        if args.precision != "float32":
+            raise ValueError(f"--precision {args.precision} applies to --preset; an exported model keeps its own")
         return load_exported(args.model)
     from gflv2_keras import GFLV2Detector
 
-    return GFLV2Detector.from_preset(args.preset, load_weights=not args.random_weights)
+    return GFLV2Detector.from_preset(
+        args.preset, load_weights=not args.random_weights, dtype=PRECISIONS[args.precision]
+    )
 
 
 def _unique_stem(stem, used):

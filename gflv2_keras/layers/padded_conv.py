@@ -1,6 +1,7 @@
 """Convolution with PyTorch's explicit symmetric zero padding."""
 
 import keras
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="gflv2_keras")
@@ -21,11 +22,37 @@ class PaddedConv2D(keras.layers.Conv2D):
         super().__init__(filters, kernel_size, padding="valid", **kwargs)
         self.pad = int(self.kernel_size[0] // 2 if pad is None else pad)
 
+    def fold_norm(self, norm):
+        """Fold a following frozen ``BatchNorm`` into this conv (``None`` unfolds); inference only.
+
+        While folded, ``call`` convolves with ``kernel * s`` and adds ``beta - mean * s``
+        (``s = gamma / sqrt(var + eps)``, computed in float32 from the live variables, so weights
+        are never changed and saving is unaffected) and ``norm`` passes its input through. Exact
+        up to rounding for a BN with frozen statistics (the official ``norm_eval``).
+        """
+        if norm is not None and not norm.frozen_stats:
+            raise ValueError(f"{self.name}: only a BatchNorm with frozen statistics can be folded ({norm.name})")
+        previous = getattr(self, "_folded_norm", None)
+        if previous is not None:
+            previous.folded = False
+        # object.__setattr__: a plain reference, not a tracked sublayer (no duplicate weights).
+        object.__setattr__(self, "_folded_norm", norm)
+        if norm is not None:
+            norm.folded = True
+
     def call(self, inputs):
         if self.pad:
             p = self.pad
-            inputs = keras.ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]])
-        return super().call(inputs)
+            inputs = ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]])
+        norm = getattr(self, "_folded_norm", None)
+        if norm is None:
+            return super().call(inputs)
+        scale, offset = norm.folded_affine()
+        kernel = ops.cast(ops.cast(self.kernel, "float32") * scale, self.compute_dtype)
+        if self.use_bias:
+            offset = offset + ops.cast(self.bias, "float32") * scale
+        outputs = self.convolution_op(inputs, kernel)
+        return outputs + ops.cast(offset, outputs.dtype)
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape

@@ -4,7 +4,8 @@ import numpy as np
 import keras
 from keras import ops
 
-from gflv2_keras.models.preprocessing import DEFAULT_SCALE, preprocess_images
+from gflv2_keras.models.fast_inference import InferenceFunctions, foldable_pairs, folded_norms, resolve_jit
+from gflv2_keras.models.preprocessing import DEFAULT_SCALE, canvas_size, preprocess_images
 from gflv2_keras.models.backbones import build_backbone
 from gflv2_keras.models.fpn import FPN
 from gflv2_keras.models.gfl_head import GFLHead
@@ -52,6 +53,10 @@ class GFLV2Detector(keras.Model):
             ``"xyxy"``). Relative (``rel_*``) targets are relative to the network-input batch's
             ``(H, W)``; relative predictions to the original image's ``(H, W)``. Internally
             everything is xyxy pixels.
+        inference_jit: run the network of ``predict``/``detect`` under XLA: ``"auto"``
+            (measured per device and precision, ``models.fast_inference.XLA_DEFAULTS``), True, False.
+        dtype: Keras dtype policy of every layer, e.g. ``"mixed_bfloat16"`` (keras-hub meaning;
+            ``from_preset(..., dtype=...)``). Decoding, scores and NMS stay float32.
 
     Calling conventions:
         * ``detector(images)``: ``images`` float32 ``[B, H, W, 3]`` normalised RGB, zero padded
@@ -96,9 +101,12 @@ class GFLV2Detector(keras.Model):
         train_config=None,
         class_names=None,
         bounding_box_format="xyxy",
+        inference_jit="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        resolve_jit(inference_jit, "float32")  # validates
+        self.inference_jit = inference_jit
         self.bounding_box_format = validate_bounding_box_format(bounding_box_format)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
@@ -111,14 +119,15 @@ class GFLV2Detector(keras.Model):
         self.train_config = {**DEFAULT_TRAIN_CONFIG, **(train_config or {})}
         self.class_names = list(class_names) if class_names is not None else None
 
-        self.backbone = build_backbone(self.backbone_config)
-        self.neck = FPN(self.fpn_channels, num_inputs=3, name="neck")
-        self.head = GFLHead(num_classes=self.num_classes, **self.head_config, name="bbox_head")
+        # Every sublayer gets the detector's dtype policy (keras-hub meaning of ``dtype=``).
+        policy = self.dtype_policy
+        self.backbone = build_backbone({**self.backbone_config, "dtype": policy})
+        self.neck = FPN(self.fpn_channels, num_inputs=3, name="neck", dtype=policy)
+        self.head = GFLHead(num_classes=self.num_classes, **self.head_config, name="bbox_head", dtype=policy)
         self.reg_max = self.head.reg_max
         self.strides = STRIDES
         # Created here, not in compute_loss: Keras forbids new state once the model is built.
         self._loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
-        self._detect_fns = {}  # one tf.function per output format, built by ``detect``
 
     # ------------------------------------------------------------------ forward
     def call(self, images, training=None):
@@ -267,24 +276,53 @@ class GFLV2Detector(keras.Model):
         images = data[0] if isinstance(data, (tuple, list)) else data
         return self.detect_batch(images)
 
-    def detect_batch(self, images, bounding_box_format=None):
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """``keras.Model.predict``; uint8 arrays take the compiled path of ``detect``.
+
+        A uint8 ``[B, H, W, 3]`` NumPy array (or tensor) is run ``batch_size`` images at a time
+        (32 by default) through the per-canvas compiled function (see ``models.fast_inference``)
+        and returns NumPy ``{"boxes", "confidence", "labels" int32, "num_detections" int32}`` as
+        Keras does. Datasets, generators, ``steps`` or ``callbacks`` go through Keras' loop.
+        """
+        fast = steps is None and callbacks is None and getattr(x, "dtype", None) in (np.uint8, "uint8")
+        if not fast or len(getattr(x, "shape", ())) != 4:
+            return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
+        batch_size = batch_size or 32
+        canvas = canvas_size(int(x.shape[1]), int(x.shape[2]), self.input_scale)
+        parts = [
+            self._inference_functions(x[i : i + batch_size], canvas, self.bounding_box_format)
+            for i in range(0, int(x.shape[0]), batch_size)
+        ]
+        return {key: np.concatenate([np.asarray(part[key]) for part in parts]) for key in parts[0]}
+
+    def detect_batch(self, images, bounding_box_format=None, canvas=None):
         """Preprocess, run and post-process a batch of equally sized uint8 images (graph-safe).
 
         Args:
             images: uint8 RGB ``[B, H, W, 3]``.
             bounding_box_format: format of the returned boxes; ``None`` means the detector's
                 ``bounding_box_format`` (the SavedModel export asks for ``"xyxy"``).
+            canvas: the static padded network size ``(Hp, Wp)`` (``preprocessing.canvas_size``);
+                ``None`` uses it when ``H`` and ``W`` are static, else pads in the graph (export).
+
+        The network runs with frozen BatchNorms folded into their convolutions and, with a
+        static canvas, under XLA when ``inference_jit`` says so (``models.fast_inference``).
+        Decoding and NMS are float32 whatever the dtype policy.
 
         Returns:
-            ``{"boxes": [B, K, 4] of the original images, "confidence": [B, K], "labels": [B, K]
-            int32, "num_detections": [B] int32}`` with ``K = max_detections``; rows past
-            ``num_detections`` are -1 in every field.
+            ``{"boxes": [B, K, 4] float32 of the original images, "confidence": [B, K] float32,
+            "labels": [B, K] int32, "num_detections": [B] int32}`` with ``K = max_detections``;
+            rows past ``num_detections`` are -1 in every field.
         """
         fmt = self.bounding_box_format if bounding_box_format is None else validate_bounding_box_format(
             bounding_box_format
         )
-        inputs, image_info = preprocess_images(images, self.input_scale)
-        outputs = self(inputs, training=False)
+        original_h, original_w = _static_hw(images)
+        if canvas is None and isinstance(original_h, int) and isinstance(original_w, int):
+            canvas = canvas_size(original_h, original_w, self.input_scale)
+        inputs, image_info = preprocess_images(images, self.input_scale, canvas=canvas)
+        with folded_norms(self):
+            outputs = self._network(inputs, compiled=canvas is not None)
         height, width = _static_hw(inputs)
         sizes, points, point_strides = self.points_for(height, width)
         detections = postprocess(
@@ -299,10 +337,42 @@ class GFLV2Detector(keras.Model):
             **self.test_config,
         )
         if fmt != "xyxy":
-            original_h, original_w = _static_hw(images)
             boxes = convert_boxes(detections["boxes"], "xyxy", fmt, original_h, original_w)
             detections["boxes"] = ops.where(detections["labels"][..., None] >= 0, boxes, -1.0)
         return detections
+
+    def _network(self, inputs, compiled):
+        """``self(inputs)`` for inference; under XLA when ``compiled`` and ``inference_jit`` agree."""
+        if not (compiled and resolve_jit(self.inference_jit, self.dtype_policy.compute_dtype)):
+            return self(inputs, training=False)
+        if getattr(self, "_xla_network", None) is None:
+            import tensorflow as tf
+
+            # A plain attribute, not tracked state; retraces once per canvas (bounded).
+            object.__setattr__(
+                self, "_xla_network", tf.function(lambda x: self(x, training=False), jit_compile=True)
+            )
+        return self._xla_network(inputs)
+
+    @property
+    def _inference_functions(self):
+        if getattr(self, "_inference_cache", None) is None:
+            object.__setattr__(self, "_inference_cache", InferenceFunctions(self))
+        return self._inference_cache
+
+    def fuse_for_inference(self, enabled=True):
+        """Fold every frozen BatchNorm of the backbone into its preceding convolution.
+
+        Exact up to float rounding (frozen statistics, the official ``norm_eval``); the weights
+        are not changed (the fold is computed from them at call time), so saving and training
+        are unaffected, but the model's ``call`` then skips the separate normalisation.
+        ``detect``/``predict`` already fold inside their compiled functions. ``enabled=False``
+        unfolds. Returns the number of folded pairs.
+        """
+        pairs = foldable_pairs(self)
+        for conv, norm in pairs:
+            conv.fold_norm(norm if enabled else None)
+        return len(pairs) if enabled else 0
 
     def detect(self, image, bounding_box_format=None):
         """Detect objects in one image.
@@ -312,26 +382,21 @@ class GFLV2Detector(keras.Model):
             bounding_box_format: format of the returned boxes (``None``: the detector's).
 
         Returns:
-            ``{"boxes": [K, 4] of the original image, "confidence": [K], "labels": [K] int}`` NumPy.
+            ``{"boxes": [K, 4] float32 of the original image, "confidence": [K] float32,
+            "labels": [K] int32}`` NumPy (the dtypes of ``predict``). One compiled function
+            per network canvas (``models.fast_inference``).
         """
         image = validate_image(image)
         fmt = self.bounding_box_format if bounding_box_format is None else validate_bounding_box_format(
             bounding_box_format
         )
-        if fmt not in self._detect_fns:
-            import tensorflow as tf
-
-            self._detect_fns[fmt] = tf.function(
-                lambda images: self.detect_batch(images, fmt),
-                input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
-                reduce_retracing=True,
-            )
-        out = {k: np.asarray(v) for k, v in self._detect_fns[fmt](image[None]).items()}
+        canvas = canvas_size(image.shape[0], image.shape[1], self.input_scale)
+        out = {k: np.asarray(v) for k, v in self._inference_functions(image[None], canvas, fmt).items()}
         count = int(out["num_detections"][0])
         return {
             "boxes": out["boxes"][0, :count],
             "confidence": out["confidence"][0, :count],
-            "labels": out["labels"][0, :count].astype(np.int64),
+            "labels": out["labels"][0, :count],
         }
 
     # ------------------------------------------------------------------ presets
@@ -378,6 +443,7 @@ class GFLV2Detector(keras.Model):
             "train_config": self.train_config,
             "class_names": self.class_names,
             "bounding_box_format": self.bounding_box_format,
+            "inference_jit": self.inference_jit,
         }
 
 

@@ -31,10 +31,17 @@ class FPN(keras.layers.Layer):
         self.num_inputs = num_inputs
         self.prefix = prefix
         self.lateral_convs = [
-            PaddedConv2D(out_channels, 1, pad=0, name=f"{prefix}.lateral_convs.{i}.conv") for i in range(num_inputs)
+            PaddedConv2D(out_channels, 1, pad=0, name=f"{prefix}.lateral_convs.{i}.conv", dtype=self.dtype_policy) for i in range(num_inputs)
         ]
         self.fpn_convs = [
-            PaddedConv2D(out_channels, 3, pad=1, strides=1 if i < num_inputs else 2, name=f"{prefix}.fpn_convs.{i}.conv")
+            PaddedConv2D(
+                out_channels,
+                3,
+                pad=1,
+                strides=1 if i < num_inputs else 2,
+                name=f"{prefix}.fpn_convs.{i}.conv",
+                dtype=self.dtype_policy,
+            )
             for i in range(num_inputs + 2)
         ]
 

@@ -93,13 +93,17 @@ class GFLHead(keras.layers.Layer):
             kernel_initializer=normal,
             bias_initializer=keras.initializers.Constant(prior_bias),
             name=f"{prefix}.gfl_cls",
+            dtype=self.dtype_policy,
         )
-        self.gfl_reg = PaddedConv2D(4 * (reg_max + 1), 3, kernel_initializer=normal, name=f"{prefix}.gfl_reg")
-        self.scales = [Scale(1.0, name=f"{prefix}.scales.{i}") for i in range(num_levels)]
+        self.gfl_reg = PaddedConv2D(4 * (reg_max + 1), 3, kernel_initializer=normal, name=f"{prefix}.gfl_reg",
+                                    dtype=self.dtype_policy)
+        self.scales = [Scale(1.0, name=f"{prefix}.scales.{i}", dtype=self.dtype_policy) for i in range(num_levels)]
         if use_dgqp:
             self.reg_conf = [
-                PaddedConv2D(reg_channels, 1, kernel_initializer=normal, name=f"{prefix}.reg_conf.0"),
-                PaddedConv2D(1, 1, kernel_initializer=normal, name=f"{prefix}.reg_conf.2"),
+                PaddedConv2D(reg_channels, 1, kernel_initializer=normal, name=f"{prefix}.reg_conf.0",
+                             dtype=self.dtype_policy),
+                PaddedConv2D(1, 1, kernel_initializer=normal, name=f"{prefix}.reg_conf.2",
+                             dtype=self.dtype_policy),
             ]
 
     def _tower(self, kind, initializer):
@@ -111,8 +115,9 @@ class GFLHead(keras.layers.Layer):
                     use_bias=False,
                     kernel_initializer=initializer,
                     name=f"{self.prefix}.{kind}.{i}.conv",
+                    dtype=self.dtype_policy,
                 ),
-                group_norm(f"{self.prefix}.{kind}.{i}.gn", self.norm_groups),
+                group_norm(f"{self.prefix}.{kind}.{i}.gn", self.norm_groups, dtype=self.dtype_policy),
             )
             for i in range(self.stacked_convs)
         ]

@@ -10,6 +10,7 @@ uint8 with cv2 bilinear; here ``tf.image.resize`` (half-pixel bilinear, no antia
 rounded back to the uint8 grid, which agrees with cv2 to within one grey level.
 """
 
+import numpy as np
 import tensorflow as tf
 
 MEAN = (123.675, 116.28, 103.53)
@@ -41,6 +42,45 @@ def rescale_size(height, width, scale=DEFAULT_SCALE):
     new_h = tf.cast(tf.floor(h * factor + 0.5), tf.int32)
     new_w = tf.cast(tf.floor(w * factor + 0.5), tf.int32)
     return new_h, new_w
+
+
+def static_rescale_size(height, width, scale=DEFAULT_SCALE):
+    """``rescale_size`` for python ints on the host, in the same float32 arithmetic.
+
+    Returns ``(new_height, new_width)`` python ints equal to ``rescale_size``'s (tested over
+    a sweep of sizes), so the host can pick a static network canvas without a graph call.
+    """
+    h, w = np.float32(height), np.float32(width)
+    first, second = np.float32(scale[0]), np.float32(scale[1])
+    long_max, short_max = max(first, second), min(first, second)
+    factor = min(np.float32(long_max / max(h, w)), np.float32(short_max / min(h, w)))
+    return int(np.floor(np.float32(h * factor) + np.float32(0.5))), int(
+        np.floor(np.float32(w * factor) + np.float32(0.5))
+    )
+
+
+def canvas_size(height, width, scale=DEFAULT_SCALE, divisor=SIZE_DIVISOR):
+    """The padded network input ``(Hp, Wp)`` (python ints) of an ``height x width`` image.
+
+    This is the inference padding policy: the keep-ratio size rounded up to ``divisor``,
+    exactly the official ``Pad(size_divisor=32)``. Any padding beyond it would change the head's
+    GroupNorm statistics, so there are no coarser buckets; the compiled inference functions are
+    keyed by this canvas, whose number of distinct values is bounded (``max_canvases``).
+    """
+    new_h, new_w = static_rescale_size(height, width, scale)
+    return -(-new_h // divisor) * divisor, -(-new_w // divisor) * divisor
+
+
+def max_canvases(scale=DEFAULT_SCALE, divisor=SIZE_DIVISOR):
+    """Upper bound on distinct ``canvas_size`` values over all image sizes (85 for 1333 x 800).
+
+    Per orientation either the short side reaches ``short_max`` and the padded long side takes
+    one of ``ceil(long_max / d) - ceil(short_max / d) + 1`` values, or the long side reaches
+    ``long_max`` and the padded short side takes one of ``ceil(short_max / d) + 1`` values (0
+    included: extreme aspect ratios round to an empty side); the families share one canvas,
+    and the square canvas belongs to both orientations: ``2 * (ceil(long_max / d) + 1) - 1``.
+    """
+    return 2 * (-(-max(scale) // divisor) + 1) - 1
 
 
 def resize_image(image, new_height, new_width):
@@ -75,12 +115,14 @@ def pad_to_size(image, height, width):
     return tf.pad(image, paddings)
 
 
-def preprocess_images(images, scale=DEFAULT_SCALE, divisor=SIZE_DIVISOR):
+def preprocess_images(images, scale=DEFAULT_SCALE, divisor=SIZE_DIVISOR, canvas=None):
     """The whole test-time preprocessing for a batch of equally sized images.
 
     Args:
         images: uint8 (or float in ``[0, 255]``) RGB ``[B, H, W, 3]``.
         scale: keep-ratio target ``(long_max, short_max)``.
+        canvas: optional python ``(Hp, Wp)`` from ``canvas_size``: the padded size is then
+            static (the network can be compiled for it). ``None``: computed in the graph.
 
     Returns:
         ``inputs``: float32 ``[B, Hp, Wp, 3]``, normalised and zero padded to ``divisor``.
@@ -95,7 +137,10 @@ def preprocess_images(images, scale=DEFAULT_SCALE, divisor=SIZE_DIVISOR):
     batch, height, width = shape[0], shape[1], shape[2]
     new_h, new_w = rescale_size(height, width, scale)
     resized = resize_image(images, new_h, new_w)
-    inputs = pad_to_size(normalize(resized), padded_size(new_h, divisor), padded_size(new_w, divisor))
+    if canvas is None:
+        inputs = pad_to_size(normalize(resized), padded_size(new_h, divisor), padded_size(new_w, divisor))
+    else:
+        inputs = tf.ensure_shape(pad_to_size(normalize(resized), canvas[0], canvas[1]), [None, *canvas, 3])
     image_shape = tf.cast(tf.stack([new_h, new_w]), tf.float32)
     factor = image_shape / tf.cast(tf.stack([height, width]), tf.float32)
     image_info = {

@@ -81,14 +81,15 @@ class Bottle2neck(_Block):
         if self.width < 1:
             raise ValueError(f"Res2Net branch width floor({planes} * {base_width} / {base_channels}) is 0")
 
-        self.conv1 = make_conv(self.width * scales, 1, f"{prefix}.conv1")
-        self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1")
+        self.conv1 = make_conv(self.width * scales, 1, f"{prefix}.conv1", dtype=self.dtype_policy)
+        self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1", dtype=self.dtype_policy)
         self.convs = [
-            make_conv(self.width, 3, f"{prefix}.convs.{i}", strides=stride, dcn=dcn) for i in range(scales - 1)
+            make_conv(self.width, 3, f"{prefix}.convs.{i}", strides=stride, dcn=dcn, dtype=self.dtype_policy)
+            for i in range(scales - 1, dtype=self.dtype_policy)
         ]
-        self.bns = [BatchNorm(frozen_stats, name=f"{prefix}.bns.{i}") for i in range(scales - 1)]
-        self.conv3 = make_conv(planes * self.expansion, 1, f"{prefix}.conv3")
-        self.bn3 = BatchNorm(frozen_stats, name=f"{prefix}.bn3")
+        self.bns = [BatchNorm(frozen_stats, name=f"{prefix}.bns.{i}", dtype=self.dtype_policy) for i in range(scales - 1)]
+        self.conv3 = make_conv(planes * self.expansion, 1, f"{prefix}.conv3", dtype=self.dtype_policy)
+        self.bn3 = BatchNorm(frozen_stats, name=f"{prefix}.bn3", dtype=self.dtype_policy)
         self.build_shortcut(in_channels, planes * self.expansion, stride, frozen_stats, prefix)
 
     def build_shortcut(self, in_channels, out_channels, stride, frozen_stats, prefix):
@@ -96,9 +97,15 @@ class Bottle2neck(_Block):
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = [
-                PaddedConv2D(out_channels, 1, pad=0, strides=1, use_bias=False, name=f"{prefix}.downsample.1"),
-                BatchNorm(frozen_stats, name=f"{prefix}.downsample.2"),
+                PaddedConv2D(out_channels, 1, pad=0, strides=1, use_bias=False, name=f"{prefix}.downsample.1",
+                             dtype=self.dtype_policy),
+                BatchNorm(frozen_stats, name=f"{prefix}.downsample.2", dtype=self.dtype_policy),
             ]
+
+    def conv_norm_pairs(self):
+        """``(conv, norm)`` pairs (``conv1``/``bn1``, ``convs``/``bns``, ``conv3``/``bn3``, shortcut)."""
+        pairs = [(self.conv1, self.bn1), *zip(self.convs, self.bns), (self.conv3, self.bn3)]
+        return pairs + ([tuple(self.downsample)] if self.downsample is not None else [])
 
     def shortcut(self, x, training):
         if self.downsample is not None and self.stride == 2:
@@ -205,8 +212,8 @@ class Res2NetBackbone(ResNetBackbone):
         stem = []
         for index, (filters, stride) in enumerate(((half, 2), (half, 1), (self.base_channels, 1))):
             name = f"{prefix}.stem.{3 * index}"
-            stem.append(PaddedConv2D(filters, 3, pad=1, strides=stride, use_bias=False, name=name))
-            stem.append(BatchNorm(self.norm_eval, name=f"{prefix}.stem.{3 * index + 1}"))
+            stem.append(PaddedConv2D(filters, 3, pad=1, strides=stride, use_bias=False, name=name, dtype=self.dtype_policy))
+            stem.append(BatchNorm(self.norm_eval, name=f"{prefix}.stem.{3 * index + 1}", dtype=self.dtype_policy))
         return stem
 
     def build_block(self, kind, in_channels, planes, stride, first, dcn, prefix):
@@ -223,6 +230,7 @@ class Res2NetBackbone(ResNetBackbone):
             dcn=dcn,
             prefix=prefix,
             name=prefix,
+            dtype=self.dtype_policy,
         )
 
     def get_config(self):

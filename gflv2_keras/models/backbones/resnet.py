@@ -24,7 +24,7 @@ STAGE_BLOCKS = {
 }
 
 
-def make_conv(filters, kernel_size, name, strides=1, groups=1, dcn=None):
+def make_conv(filters, kernel_size, name, strides=1, groups=1, dcn=None, dtype=None):
     """A bias-free conv with symmetric padding, or a deformable conv when ``dcn`` is set.
 
     Args:
@@ -33,9 +33,12 @@ def make_conv(filters, kernel_size, name, strides=1, groups=1, dcn=None):
             ``modulated=True``). ``"auto"`` (default) runs the C++ custom op when it is built and
             the graph is not XLA-compiled, else the portable keras-ops path; exports always use
             the portable path.
+        dtype: the dtype policy (the parent's, so ``mixed_bfloat16`` reaches every conv).
     """
     if dcn is None:
-        return PaddedConv2D(filters, kernel_size, strides=strides, groups=groups, use_bias=False, name=name)
+        return PaddedConv2D(
+            filters, kernel_size, strides=strides, groups=groups, use_bias=False, name=name, dtype=dtype
+        )
     from gflv2_keras.layers.deform_conv2d import DeformConv2D
 
     return DeformConv2D(
@@ -49,6 +52,7 @@ def make_conv(filters, kernel_size, name, strides=1, groups=1, dcn=None):
         use_bias=False,
         implementation=dcn.get("implementation", "auto"),
         name=name,
+        dtype=dtype,
     )
 
 
@@ -59,9 +63,16 @@ class _Block(keras.layers.Layer):
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = [
-                PaddedConv2D(out_channels, 1, pad=0, strides=stride, use_bias=False, name=f"{prefix}.downsample.0"),
-                BatchNorm(frozen_stats, name=f"{prefix}.downsample.1"),
+                PaddedConv2D(out_channels, 1, pad=0, strides=stride, use_bias=False, name=f"{prefix}.downsample.0",
+                             dtype=self.dtype_policy),
+                BatchNorm(frozen_stats, name=f"{prefix}.downsample.1", dtype=self.dtype_policy),
             ]
+
+    def conv_norm_pairs(self):
+        """``(conv, norm)`` pairs where ``norm`` directly follows ``conv`` (for BN folding)."""
+        names = [name[2:] for name in ("bn1", "bn2", "bn3") if hasattr(self, name)]
+        pairs = [(getattr(self, "conv" + n), getattr(self, "bn" + n)) for n in names]
+        return pairs + ([tuple(self.downsample)] if self.downsample is not None else [])
 
     def shortcut(self, x, training):
         if self.downsample is None:
@@ -78,10 +89,10 @@ class BasicBlock(_Block):
 
     def __init__(self, in_channels, planes, stride=1, frozen_stats=True, dcn=None, prefix="", **kwargs):
         super().__init__(**kwargs)
-        self.conv1 = make_conv(planes, 3, f"{prefix}.conv1", strides=stride)
-        self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1")
-        self.conv2 = make_conv(planes, 3, f"{prefix}.conv2", dcn=dcn)
-        self.bn2 = BatchNorm(frozen_stats, name=f"{prefix}.bn2")
+        self.conv1 = make_conv(planes, 3, f"{prefix}.conv1", strides=stride, dtype=self.dtype_policy)
+        self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1", dtype=self.dtype_policy)
+        self.conv2 = make_conv(planes, 3, f"{prefix}.conv2", dcn=dcn, dtype=self.dtype_policy)
+        self.bn2 = BatchNorm(frozen_stats, name=f"{prefix}.bn2", dtype=self.dtype_policy)
         self.build_shortcut(in_channels, planes, stride, frozen_stats, prefix)
 
     def call(self, x, training=None):
@@ -115,12 +126,12 @@ class Bottleneck(_Block):
     ):
         super().__init__(**kwargs)
         width = planes if groups == 1 else (planes * base_width // base_channels) * groups
-        self.conv1 = make_conv(width, 1, f"{prefix}.conv1")
-        self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1")
-        self.conv2 = make_conv(width, 3, f"{prefix}.conv2", strides=stride, groups=groups, dcn=dcn)
-        self.bn2 = BatchNorm(frozen_stats, name=f"{prefix}.bn2")
-        self.conv3 = make_conv(planes * 4, 1, f"{prefix}.conv3")
-        self.bn3 = BatchNorm(frozen_stats, name=f"{prefix}.bn3")
+        self.conv1 = make_conv(width, 1, f"{prefix}.conv1", dtype=self.dtype_policy)
+        self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1", dtype=self.dtype_policy)
+        self.conv2 = make_conv(width, 3, f"{prefix}.conv2", strides=stride, groups=groups, dcn=dcn, dtype=self.dtype_policy)
+        self.bn2 = BatchNorm(frozen_stats, name=f"{prefix}.bn2", dtype=self.dtype_policy)
+        self.conv3 = make_conv(planes * 4, 1, f"{prefix}.conv3", dtype=self.dtype_policy)
+        self.bn3 = BatchNorm(frozen_stats, name=f"{prefix}.bn3", dtype=self.dtype_policy)
         self.build_shortcut(in_channels, planes * 4, stride, frozen_stats, prefix)
 
     def call(self, x, training=None):
@@ -212,8 +223,9 @@ class ResNetBackbone(keras.layers.Layer):
     def build_stem(self, prefix):
         """7x7/2 conv, BN, ReLU (the 3x3/2 max-pool is applied in ``call``)."""
         return [
-            PaddedConv2D(self.base_channels, 7, pad=3, strides=2, use_bias=False, name=f"{prefix}.conv1"),
-            BatchNorm(self.norm_eval, name=f"{prefix}.bn1"),
+            PaddedConv2D(self.base_channels, 7, pad=3, strides=2, use_bias=False, name=f"{prefix}.conv1",
+                         dtype=self.dtype_policy),
+            BatchNorm(self.norm_eval, name=f"{prefix}.bn1", dtype=self.dtype_policy),
         ]
 
     def build_block(self, kind, in_channels, planes, stride, first, dcn, prefix):
@@ -221,7 +233,8 @@ class ResNetBackbone(keras.layers.Layer):
         if kind == "basic":
             if dcn is not None:
                 raise ValueError("DCN is only supported in Bottleneck blocks (depth >= 50)")
-            return BasicBlock(in_channels, planes, stride, frozen_stats=self.norm_eval, prefix=prefix, name=prefix)
+            return BasicBlock(in_channels, planes, stride, frozen_stats=self.norm_eval, prefix=prefix, name=prefix,
+                               dtype=self.dtype_policy)
         return Bottleneck(
             in_channels,
             planes,
@@ -233,6 +246,7 @@ class ResNetBackbone(keras.layers.Layer):
             dcn=dcn,
             prefix=prefix,
             name=prefix,
+            dtype=self.dtype_policy,
         )
 
     def _freeze(self):
@@ -242,6 +256,14 @@ class ResNetBackbone(keras.layers.Layer):
         for stage in self.stages[: max(self.frozen_stages, 0)]:
             for block in stage:
                 block.trainable = False
+
+    def conv_norm_pairs(self):
+        """Every ``(conv, BatchNorm)`` pair of the stem and the blocks (for BN folding)."""
+        pairs = list(zip(self.stem[0::2], self.stem[1::2]))
+        for stage in self.stages:
+            for block in stage:
+                pairs.extend(block.conv_norm_pairs())
+        return pairs
 
     def run_stem(self, x, training):
         for layer in self.stem:

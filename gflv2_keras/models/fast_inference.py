@@ -1,0 +1,111 @@
+"""The compiled inference path of ``GFLV2Detector`` (``detect``, ``predict``, evaluation).
+
+One ``tf.function`` per (network canvas, box format): preprocessing (resize, normalise, pad to
+the static canvas of ``preprocessing.canvas_size``), the network, per-level top-k candidate
+decoding, NMS and the format conversion all run inside it, so a call is one graph execution
+with no host round trip. Retracing is bounded by the number of canvases
+(``preprocessing.max_canvases``: 85 for 1333 x 800), whatever the image sizes.
+
+Inside that function the network (backbone, FPN, head) runs
+
+* with every frozen BatchNorm folded into its convolution (``folded_norms``; exact up to
+  rounding, weights untouched), and
+* under XLA (a nested ``jit_compile=True`` function) where XLA is faster: ``XLA_DEFAULTS``,
+  chosen by measurement (``BENCHMARKS.md``, Inference). NMS has no XLA kernel and stays in the
+  plain graph; decoding is float32 whatever the precision.
+"""
+
+import contextlib
+
+import tensorflow as tf
+
+# (device kind, compute dtype) -> network under XLA. Measured with ``gflv2 benchmark``
+# (BENCHMARKS.md): on the AVX-512/AMX CPUs XLA does not use the bf16 dot units and is slower in
+# bfloat16; in float32 the oneDNN graph and XLA are within noise, and the oneDNN graph keeps the
+# DCN custom op, so the plain graph is the CPU default. On GPUs XLA fuses GroupNorm, the head
+# and the integral, so it is on.
+XLA_DEFAULTS = {
+    ("cpu", "float32"): False,
+    ("cpu", "bfloat16"): False,
+    ("cpu", "float16"): False,
+    ("gpu", "float32"): True,
+    ("gpu", "bfloat16"): True,
+    ("gpu", "float16"): True,
+}
+
+
+def device_kind():
+    """``"gpu"`` when TensorFlow sees a GPU, else ``"cpu"``."""
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+def resolve_jit(jit, compute_dtype):
+    """``True``/``False`` for the ``jit`` setting ``"auto"`` | ``True`` | ``False``."""
+    if jit == "auto":
+        return XLA_DEFAULTS.get((device_kind(), str(compute_dtype)), False)
+    if not isinstance(jit, bool):
+        raise ValueError(f"inference_jit must be 'auto', True or False, got {jit!r}")
+    return jit
+
+
+@contextlib.contextmanager
+def folded_norms(detector):
+    """Fold the detector's frozen BatchNorms into their convolutions for the duration.
+
+    Meant around graph tracing: the traced graph keeps the folded form, the model returns to
+    its previous state afterwards (already folded pairs, from ``fuse_for_inference``, stay).
+    """
+    pairs = [
+        (conv, norm)
+        for conv, norm in foldable_pairs(detector)
+        if getattr(conv, "_folded_norm", None) is None
+    ]
+    try:
+        for conv, norm in pairs:
+            conv.fold_norm(norm)
+        yield len(pairs)
+    finally:
+        for conv, _ in pairs:
+            conv.fold_norm(None)
+
+
+def foldable_pairs(detector):
+    """``(PaddedConv2D, BatchNorm)`` pairs of the backbone whose statistics are frozen."""
+    from gflv2_keras.layers.norm import BatchNorm
+    from gflv2_keras.layers.padded_conv import PaddedConv2D
+
+    pairs = getattr(detector.backbone, "conv_norm_pairs", lambda: [])()
+    return [
+        (conv, norm)
+        for conv, norm in pairs
+        if isinstance(conv, PaddedConv2D) and isinstance(norm, BatchNorm) and norm.frozen_stats
+    ]
+
+
+class InferenceFunctions:
+    """Cache of the compiled inference functions of one detector, keyed by canvas and format.
+
+    ``traces`` counts Python traces of all of them (the bounded-retracing test reads it).
+    """
+
+    def __init__(self, detector):
+        self.detector = detector
+        self.functions = {}
+        self.traces = 0
+
+    def __call__(self, images, canvas, bounding_box_format):
+        """Run ``detect_batch`` on uint8 ``[B, H, W, 3]`` images whose canvas is ``canvas``."""
+        key = (tuple(canvas), bounding_box_format)
+        if key not in self.functions:
+            self.functions[key] = tf.function(
+                self._traced(tuple(canvas), bounding_box_format),
+                input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
+            )
+        return self.functions[key](images)
+
+    def _traced(self, canvas, bounding_box_format):
+        def detect(images):
+            self.traces += 1
+            return self.detector.detect_batch(images, bounding_box_format, canvas=canvas)
+
+        return detect
