@@ -277,21 +277,35 @@ class GFLV2Detector(keras.Model):
         return self.detect_batch(images)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """``keras.Model.predict``; uint8 arrays take the compiled path of ``detect``.
+        """``keras.Model.predict``; images given as arrays take the compiled path of ``detect``.
 
-        A uint8 ``[B, H, W, 3]`` NumPy array (or tensor) is run ``batch_size`` images at a time
-        (32 by default) through the per-canvas compiled function (see ``models.fast_inference``)
-        and returns NumPy ``{"boxes", "confidence", "labels" int32, "num_detections" int32}`` as
-        Keras does. Datasets, generators, ``steps`` or ``callbacks`` go through Keras' loop.
+        Args:
+            x: uint8 RGB images: a ``[B, H, W, 3]`` array or tensor of one size, or a list of
+                ``[H, W, 3]`` arrays of any sizes (run image by image); or a ``tf.data.Dataset``
+                / generator, which goes through Keras' own loop. Arrays that are not uint8 RGB
+                (float pixels, one image without its batch axis, 4 channels, an empty batch)
+                raise a ``ValueError`` saying what is expected.
+            batch_size: images per compiled call for a ``[B, H, W, 3]`` array (default 32).
+
+        Returns:
+            NumPy ``{"boxes" [B, K, 4] float32, "confidence" [B, K] float32, "labels" [B, K]
+            int32, "num_detections" [B] int32}``, rows past ``num_detections`` -1, boxes in the
+            detector's ``bounding_box_format`` of each original image.
         """
-        fast = steps is None and callbacks is None and getattr(x, "dtype", None) in (np.uint8, "uint8")
-        if not fast or len(getattr(x, "shape", ())) != 4:
-            return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
-        batch_size = batch_size or 32
-        canvas = canvas_size(int(x.shape[1]), int(x.shape[2]), self.input_scale)
+        if isinstance(x, (list, tuple)) and x and all(_is_array(item) for item in x):
+            images = [validate_image(item, f"x[{i}]") for i, item in enumerate(x)]
+            parts = [self._predict_array(image[None], 1) for image in images]
+            return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        if steps is None and callbacks is None and _is_array(x):
+            return self._predict_array(validate_batch(x), batch_size or 32)
+        return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
+
+    def _predict_array(self, images, batch_size):
+        """uint8 ``[B, H, W, 3]`` through the per-canvas compiled function, ``batch_size`` at a time."""
+        canvas = canvas_size(int(images.shape[1]), int(images.shape[2]), self.input_scale)
         parts = [
-            self._inference_functions(x[i : i + batch_size], canvas, self.bounding_box_format)
-            for i in range(0, int(x.shape[0]), batch_size)
+            self._inference_functions(images[i : i + batch_size], canvas, self.bounding_box_format)
+            for i in range(0, int(images.shape[0]), batch_size)
         ]
         return {key: np.concatenate([np.asarray(part[key]) for part in parts]) for key in parts[0]}
 
@@ -503,13 +517,48 @@ def _static_hw(images):
     return shape[1], shape[2]
 
 
+def _is_array(x):
+    """A NumPy array or an eager tensor (not a dataset, generator or dict)."""
+    return isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "numpy"))
+
+
+def _pixel_problem(pixels, rank):
+    """Why ``pixels`` (a NumPy array) is not uint8 RGB of ``rank`` (3: one image, 4: a batch), or None."""
+    expected = "[H, W, 3]" if rank == 3 else "[B, H, W, 3]"
+    if rank == 4 and pixels.ndim == 3 and pixels.shape[-1] == 3:
+        return f"one image without its batch axis (shape {pixels.shape}): pass image[None] or use detect(image)"
+    if rank == 3 and pixels.ndim == 4:
+        return f"a batch of shape {pixels.shape}, expected one image {expected}: use predict(images)"
+    if pixels.ndim != rank or pixels.shape[-1] != 3:
+        channels = f" ({pixels.shape[-1]} channels: convert to RGB)" if pixels.ndim == rank else ""
+        return f"expected RGB images of shape {expected}, got shape {pixels.shape}{channels}"
+    if pixels.dtype != np.uint8:
+        hint = " (convert with np.clip(x, 0, 255).astype('uint8'))"
+        if np.issubdtype(pixels.dtype, np.floating) and pixels.size and float(np.nanmax(pixels)) <= 1.0:
+            hint = " (these look like [0, 1] floats: use (x * 255).round().astype('uint8'))"
+        return f"expected uint8 pixels 0-255, got {pixels.dtype}{hint}"
+    return None
+
+
 def validate_image(image, name="image"):
     """Check one image is uint8 RGB ``[H, W, 3]``; raise a ``ValueError`` naming it otherwise."""
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"{name}: expected an RGB image of shape [H, W, 3], got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"{name}: expected uint8 pixels, got {image.dtype}")
+    problem = _pixel_problem(image, 3)
+    if problem:
+        raise ValueError(f"{name}: {problem}")
     if min(image.shape[:2]) < 1:
         raise ValueError(f"{name}: empty image of shape {image.shape}")
     return image
+
+
+def validate_batch(images, name="predict"):
+    """Check a batch is uint8 RGB ``[B, H, W, 3]`` with ``B, H, W >= 1``; ``ValueError`` otherwise."""
+    images = np.asarray(images)
+    problem = _pixel_problem(images, 4)
+    if problem:
+        raise ValueError(f"{name}: {problem}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (shape {images.shape}); pass at least one image")
+    if min(images.shape[1:3]) < 1:
+        raise ValueError(f"{name}: empty images of shape {images.shape}")
+    return images
