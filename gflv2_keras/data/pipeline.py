@@ -150,7 +150,14 @@ def build_dataset(
     ds = tf.data.Dataset.range(first_epoch, end_epoch).flat_map(epoch_positions)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors(log_warning=True)
-    ds = ds.padded_batch(
+    ds = pad_batch(ds, batch_size, max_boxes, drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def pad_batch(ds, batch_size, max_boxes=None, drop_remainder=False):
+    """Batches ``transform_sample`` elements: images zero-padded to the largest of the batch,
+    boxes / labels padded with -1 to ``max_boxes`` (None: the largest count of the batch)."""
+    return ds.padded_batch(
         batch_size,
         padded_shapes=(
             [None, None, 3],
@@ -162,7 +169,6 @@ def build_dataset(
         ),
         drop_remainder=drop_remainder,
     )
-    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def steps_per_epoch(dataset, batch_size, drop_remainder=False, check_files="header"):
@@ -217,19 +223,36 @@ def _make_loader(records, seed, scale, multiscale_range, flip_prob, max_boxes):
             new_h, new_w = preprocess.rescale_size(height, width, (long_max, short))
         flip = tf.random.stateless_uniform([], flip_seed) < flip_prob
 
-        image = preprocess.resize_image(image, new_h, new_w)
-        image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-        pad_h, pad_w = preprocess.padded_size(new_h), preprocess.padded_size(new_w)
-        image = preprocess.pad_to_size(preprocess.normalize(image), pad_h, pad_w)
-
         boxes = all_boxes[splits[index] : splits[index + 1]]
         labels = all_labels[splits[index] : splits[index + 1]]
         if max_boxes is not None:
             boxes, labels = boxes[:max_boxes], labels[:max_boxes]
-        boxes = scale_and_flip_boxes(boxes, (height, width), (new_h, new_w), flip)
-        return image, {"boxes": boxes, "labels": labels, "image_shape": tf.stack([pad_h, pad_w])}
+        return transform_sample(image, boxes, labels, new_h, new_w, flip)
 
     return load
+
+
+def transform_sample(image, boxes, labels, new_h, new_w, flip):
+    """The per-image training transform: resize, flip, normalise, pad to a multiple of 32.
+
+    Args:
+        image: uint8 ``[H, W, 3]``.
+        boxes: float32 ``[K, 4]`` xyxy pixels of ``image``.
+        labels: int32 ``[K]``.
+        new_h, new_w: the resized size (``preprocess.rescale_size``).
+        flip: bool scalar tensor.
+
+    Returns:
+        ``(image float32 [h, w, 3], {"boxes", "labels", "image_shape": [2]})`` as one element of
+        ``build_dataset`` before batching.
+    """
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    image = preprocess.resize_image(image, new_h, new_w)
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    pad_h, pad_w = preprocess.padded_size(new_h), preprocess.padded_size(new_w)
+    image = preprocess.pad_to_size(preprocess.normalize(image), pad_h, pad_w)
+    boxes = scale_and_flip_boxes(boxes, (height, width), (new_h, new_w), flip)
+    return image, {"boxes": boxes, "labels": labels, "image_shape": tf.stack([pad_h, pad_w])}
 
 
 def _first_ids(mapping, limit=10):
