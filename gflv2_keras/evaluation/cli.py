@@ -59,8 +59,9 @@ def run(args):
 
 def report_problems(dataset):
     """Prints the ground truth's problems (entries skipped or suspicious, unreadable images)."""
+    files = {r["image_id"]: r["file_name"] for r in dataset.records}
     problems = list(dataset.problems) + [
-        f"image id {i}: {reason}, left out of the score" for i, reason in dataset.unreadable.items()
+        f"image id {i} ({files.get(i)}): {reason}, left out of the score" for i, reason in dataset.unreadable.items()
     ]
     if not problems:
         return
