@@ -23,7 +23,8 @@ def write_layouts(root, num_train, num_val, seed=21, image_size=(96, 128)):
     coco = make_synthetic_coco(str(root / "coco"), num_train=num_train, num_val=num_val, seed=seed,
                                image_size=image_size, object_size=(16, 64), max_objects=3,
                                classes=FINETUNE_CLASSES, category_ids=SPARSE_IDS)
-    paths = {"coco": coco["train_annotations"], "coco_val": coco["val_annotations"]}
+    paths = {"coco": coco["train_annotations"], "coco_val": coco["val_annotations"],
+             "coco_images": ["--train-images", coco["train_images"], "--val-images", coco["val_images"]]}
     for split in ("train", "val"):
         dataset = load_coco(coco[f"{split}_annotations"], coco[f"{split}_images"], for_training=False, verbose=False)
         for record in dataset.records:
@@ -53,7 +54,7 @@ def test_one_command_fine_tunes_on_each_layout(layout, pretrained, data, tmp_pat
     command = ["train", "--preset", pretrained, "--data", data[layout], "--epochs", "1", "--batch-size", "2",
                "--image-size", *SIZE, "--work-dir", str(work_dir), "--steps-per-epoch", "1"]
     if layout == "coco":
-        command += ["--val-data", data["coco_val"]]
+        command += ["--val-data", data["coco_val"], *data["coco_images"]]
     assert cli_main(command) == 0
     out = capsys.readouterr().out
     assert "from preset weights" in out and "per-class AP" in out
@@ -128,7 +129,7 @@ def test_fine_tuning_beats_training_from_scratch(layout, tmp_path_factory):
         command = ["train", "--preset", preset, "--data", data[layout], "--epochs", "4", "--batch-size", "8",
                    "--image-size", *SIZE, "--work-dir", str(work_dir)] + (["--from-scratch"] if mode == "scratch" else [])
         if layout == "coco":
-            command += ["--val-data", data["coco_val"]]
+            command += ["--val-data", data["coco_val"], *data["coco_images"]]
         assert cli_main(command) == 0
         scores[mode] = json.loads((work_dir / "history.json").read_text())[-1]["val_AP"]
     print(f"{layout}: held-out AP fine-tuned {scores['tuned']:.3f}, from scratch {scores['scratch']:.3f}")
@@ -166,6 +167,13 @@ def test_bad_annotation_files_end_in_one_line(case, pretrained, tmp_path, capsys
         error = _one_error_line(capsys, ["evaluate", "--preset", pretrained, "--data", str(path)])
         assert "no image to evaluate" in error
     assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_missing_image_files_are_one_line_not_a_schedule_error(pretrained, data, tmp_path, capsys):
+    # The COCO JSON's own folder holds no images: every file is missing.
+    error = _one_error_line(capsys, ["train", "--preset", pretrained, "--data", data["coco"], "--no-eval",
+                                     "--work-dir", str(tmp_path / "w")])
+    assert "no readable training image" in error and "file is missing" in error and "steps_per_epoch" not in error
 
 
 def test_an_empty_recipe_training_set_is_one_line(tmp_path, capsys):

@@ -32,9 +32,9 @@ def add_train_arguments(parser, with_recipe=True):
     parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
     parser.add_argument("--steps-per-epoch", type=int, help="cap the steps of an epoch (quick runs)")
     parser.add_argument("--train-annotations", help="training annotation file (overrides the recipe path)")
-    parser.add_argument("--train-images", help="training image folder")
+    parser.add_argument("--train-images", help="training image folder (COCO / VOC; with --preset: of --data)")
     parser.add_argument("--val-annotations", help="validation annotation file")
-    parser.add_argument("--val-images", help="validation image folder")
+    parser.add_argument("--val-images", help="validation image folder (with --preset: of --val-data)")
     parser.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation callback")
     parser.add_argument("--pretrained-backbone", metavar="FILE.pth",
                         help="ImageNet weights for the backbone (e.g. torchvision resnet50 .pth); needs PyTorch")
@@ -77,9 +77,9 @@ def run_train(args, recipe=None):
         cpu_devices=args.cpu_devices,
         jit_compile=args.jit_compile,
         train_annotations=args.train_annotations,
-        train_images=args.train_images,
+        train_images=None if finetune else args.train_images,
         val_annotations=args.val_annotations,
-        val_images=args.val_images,
+        val_images=None if finetune else args.val_images,
         steps_per_epoch=args.steps_per_epoch,
         evaluate=not args.no_eval,
     )
@@ -109,8 +109,7 @@ def finetune_from_args(args):
 
     if not args.data:
         raise ValueError("--preset needs --data PATH (COCO JSON, Pascal VOC root or YOLO data.yaml)")
-    recipe_only = [f"--{name.replace('_', '-')}" for name in
-                   ("data_root", "train_annotations", "train_images", "val_annotations", "val_images")
+    recipe_only = [f"--{name.replace('_', '-')}" for name in ("data_root", "train_annotations", "val_annotations")
                    if getattr(args, name)]
     if recipe_only:
         raise ValueError(f"{', '.join(recipe_only)} go with --recipe; with --preset give --data / --val-data")
@@ -122,6 +121,8 @@ def finetune_from_args(args):
         batch_size=args.batch_size,
         image_size=args.image_size,
         from_scratch=args.from_scratch,
+        images=args.train_images,
+        val_images=args.val_images,
     )
 
 

@@ -197,6 +197,14 @@ class Trainer:
         self.write_data_problems(dataset, val_dataset)
         global_batch = recipe["batch_per_replica"] * self.strategy.num_replicas_in_sync
         steps = count_steps(dataset, global_batch)
+        if steps == 0:
+            first = next(iter(dataset.unreadable.items()), None)
+            raise ValueError(
+                f"{dataset.annotation_file}: no readable training image ({len(dataset.unreadable)} of "
+                f"{len(dataset.records)} image files missing or unreadable"
+                + (f", first: image id {first[0]}: {first[1]}" if first else "")
+                + f"; image folder {dataset.image_dir})"
+            )
         if self.options.steps_per_epoch:
             steps = min(steps, self.options.steps_per_epoch)
         canvas = training_canvas(recipe["scale"], recipe["multiscale_range"])
