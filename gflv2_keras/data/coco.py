@@ -9,7 +9,8 @@ the dataset are those of every reader (``gflv2_keras.data.records``).
 
 Filtering follows the official loader (``CocoDataset._parse_ann_info`` / ``_filter_imgs`` of
 mmdet v2.6, ``mmdet/datasets/coco.py CocoDataset._parse_ann_info``):
-* ``iscrowd`` (and ``ignore``) annotations are dropped;
+* ``iscrowd`` (and ``ignore``) annotations are not trained on: they become the record's
+  ``ignore_boxes`` / ``ignore_labels`` (the evaluator's ``iscrowd`` regions);
 * degenerate annotations are dropped: ``area <= 0``, ``w < 1``, ``h < 1`` or no intersection
   with the image;
 * for training, images with no remaining box and images with a side under 32 px are dropped.
@@ -25,11 +26,17 @@ Deliberate differences from mmdet v2.6: it keeps boxes that reach outside the im
 resize step clips them) where this loader reports and drops those beyond the 1 px tolerance;
 and its ``filter_empty_gt`` keeps images whose annotations are all crowd or degenerate
 (it tests for any annotation), which this loader drops for training ("no remaining box").
+
+COCO records also hold the file's ``area`` of each box (``areas`` float64 ``[K]``,
+``ignore_areas`` ``[J]``), which COCOeval's small / medium / large ranges use.
 """
 
 import json
 import logging
+import math
 import os
+
+import numpy as np
 
 from gflv2_keras.data.records import (
     DEGENERATE,
@@ -85,15 +92,27 @@ def load_coco(annotation_file, image_dir, for_training=True, min_size=MIN_TRAIN_
     label_of = {cat_id: i for i, cat_id in enumerate(category_ids)}
     images = _parse_images(content["images"], image_dir, report)
 
-    per_image = {image_id: ([], []) for image_id in images}
+    # image id -> {"kept" | "crowd": ([boxes], [labels], [areas])}
+    per_image = {image_id: {"kept": ([], [], []), "crowd": ([], [], [])} for image_id in images}
     for index, ann in enumerate(content["annotations"]):
         parsed = _parse_annotation(ann, index, images, label_of, report)
         if parsed is not None:
-            image_id, box, label = parsed
-            per_image[image_id][0].append(box)
-            per_image[image_id][1].append(label)
+            image_id, box, label, area, kind = parsed
+            for column, value in zip(per_image[image_id][kind], (box, label, area)):
+                column.append(value)
 
-    records = [make_record(**info, boxes=per_image[i][0], labels=per_image[i][1]) for i, info in images.items()]
+    records = [
+        make_record(
+            **info,
+            boxes=per_image[i]["kept"][0],
+            labels=per_image[i]["kept"][1],
+            ignore_boxes=per_image[i]["crowd"][0],
+            ignore_labels=per_image[i]["crowd"][1],
+            areas=np.asarray(per_image[i]["kept"][2], np.float64),
+            ignore_areas=np.asarray(per_image[i]["crowd"][2], np.float64),
+        )
+        for i, info in images.items()
+    ]
     dataset = CocoDataset(
         annotation_file=annotation_file,
         image_dir=image_dir,
@@ -203,7 +222,7 @@ def _parse_images(images, image_dir, report):
 
 
 def _parse_annotation(ann, index, images, label_of, report):
-    """Returns ``(image_id, xyxy box, label)`` or ``None`` when the annotation is dropped."""
+    """Returns ``(image_id, xyxy box, label, area, "kept" | "crowd")`` or ``None`` when dropped."""
     if not isinstance(ann, dict):
         report.skip(MALFORMED, f"annotations[{index}]: not an object, skipped")
         return None
@@ -229,21 +248,25 @@ def _parse_annotation(ann, index, images, label_of, report):
             f"is not in 'categories', skipped",
         )
         return None
-    if ann.get("iscrowd", False) or ann.get("ignore", False):
-        report.skip(CROWD)
-        return None
-
     x, y, w, h = (float(v) for v in bbox)
     area = ann.get("area", w * h)
     if not isinstance(area, (int, float)):
         area = w * h
+    if ann.get("iscrowd", False) or ann.get("ignore", False):
+        report.skip(CROWD)  # not trained on; kept as an ignore region for evaluation (COCOeval iscrowd)
+        image = images[image_id]
+        box = [min(max(x, 0.0), image["width"]), min(max(y, 0.0), image["height"])]
+        box += [min(max(x + w, 0.0), image["width"]), min(max(y + h, 0.0), image["height"])]
+        if box[2] <= box[0] or box[3] <= box[1] or not all(map(math.isfinite, box)):
+            return None
+        return image_id, box, label_of[ann["category_id"]], float(area), "crowd"
     if area <= 0:
         report.skip(DEGENERATE)
         return None
     where = f"annotation id {ann_id} (image id {image_id}): field 'bbox' {list(bbox)}"
     image = images[image_id]
     box = checked_box((x, y, x + w, y + h), image["width"], image["height"], where, report, report_degenerate=False)
-    return None if box is None else (image_id, box, label_of[ann["category_id"]])
+    return None if box is None else (image_id, box, label_of[ann["category_id"]], float(area), "kept")
 
 
 _SIGNATURES = (

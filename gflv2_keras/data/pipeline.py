@@ -133,7 +133,8 @@ def build_dataset(
 
 
 def pad_batch(ds, batch_size, max_boxes=None, drop_remainder=False):
-    """``padded_batch`` of ``(image, targets)`` elements: images with 0, boxes and labels with -1."""
+    """Batches ``transform_sample`` elements: images zero-padded to the largest of the batch,
+    boxes / labels padded with -1 to ``max_boxes`` (None: the largest count of the batch)."""
     return ds.padded_batch(
         batch_size,
         padded_shapes=([None, None, 3], {"boxes": [max_boxes, 4], "labels": [max_boxes], "image_shape": [2]}),
@@ -237,19 +238,36 @@ def _make_loader(records, seed, scale, multiscale_range, flip_prob, max_boxes):
         height, width = tf.shape(image)[0], tf.shape(image)[1]
         new_h, new_w, flip = sample_size(height, width, seed, epoch, position, scale, multiscale_range, flip_prob)
 
-        image = preprocess.resize_image(image, new_h, new_w)
-        image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-        pad_h, pad_w = preprocess.padded_size(new_h), preprocess.padded_size(new_w)
-        image = preprocess.pad_to_size(preprocess.normalize(image), pad_h, pad_w)
-
         boxes = all_boxes[splits[index] : splits[index + 1]]
         labels = all_labels[splits[index] : splits[index + 1]]
         if max_boxes is not None:
             boxes, labels = boxes[:max_boxes], labels[:max_boxes]
-        boxes = scale_and_flip_boxes(boxes, (height, width), (new_h, new_w), flip)
-        return image, {"boxes": boxes, "labels": labels, "image_shape": tf.stack([pad_h, pad_w])}
+        return transform_sample(image, boxes, labels, new_h, new_w, flip)
 
     return load
+
+
+def transform_sample(image, boxes, labels, new_h, new_w, flip):
+    """The per-image training transform: resize, flip, normalise, pad to a multiple of 32.
+
+    Args:
+        image: uint8 ``[H, W, 3]``.
+        boxes: float32 ``[K, 4]`` xyxy pixels of ``image``.
+        labels: int32 ``[K]``.
+        new_h, new_w: the resized size (``preprocess.rescale_size``).
+        flip: bool scalar tensor.
+
+    Returns:
+        ``(image float32 [h, w, 3], {"boxes", "labels", "image_shape": [2]})`` as one element of
+        ``build_dataset`` before batching.
+    """
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    image = preprocess.resize_image(image, new_h, new_w)
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    pad_h, pad_w = preprocess.padded_size(new_h), preprocess.padded_size(new_w)
+    image = preprocess.pad_to_size(preprocess.normalize(image), pad_h, pad_w)
+    boxes = scale_and_flip_boxes(boxes, (height, width), (new_h, new_w), flip)
+    return image, {"boxes": boxes, "labels": labels, "image_shape": tf.stack([pad_h, pad_w])}
 
 
 def _first_ids(mapping, limit=10):

@@ -14,10 +14,11 @@ Record (one dict per image):
                    clipped to the image; as MMDetection v2 and ``gflv2_keras.ops.boxes``.
     ``labels``     int32 ``[K]`` contiguous class indices ``0..C-1`` into ``class_names``.
     ``ignore_boxes``  float32 ``[J, 4]``, same convention: objects that must not be trained on
-                   and must not count as misses in evaluation (VOC ``difficult``). Empty for
-                   COCO (crowd boxes stay in the JSON the evaluator reads) and YOLO.
+                   and must not count as misses in evaluation (VOC ``difficult``, COCO
+                   ``iscrowd``). Empty for YOLO.
     ``ignore_labels`` int32 ``[J]``.
-    plus reader-specific extras (VOC / YOLO: ``name``, the file stem).
+    plus reader-specific extras (VOC / YOLO: ``name``, the file stem; COCO: ``areas`` and
+    ``ignore_areas``, the file's ``area`` of each box).
 
 Problems with single entries never stop loading: each is appended to ``problems`` (one line
 naming the file / line / object / id and field) and counted in ``skipped`` by reason.
@@ -112,7 +113,7 @@ class DetectionDataset:
             f"{self.num_classes} classes; skipped {skipped}"
         )
         if self.problems:
-            line += f"; {len(self.problems)} problems (see .problems), first: {self.problems[0]}"
+            line += f"; {len(self.problems)} problems, first: {self.problems[0]}"
         return line
 
 

@@ -44,6 +44,8 @@ def make_synthetic_coco(
     object_size=(16, 120),
     image_format="jpg",
     jpeg_quality=92,
+    classes=None,
+    category_ids=None,
 ):
     """Writes the synthetic dataset.
 
@@ -58,6 +60,10 @@ def make_synthetic_coco(
             an aspect ratio in [0.5, 2] around it).
         image_format: ``"jpg"`` (small, fast) or ``"png"`` (lossless, pixel-exact shapes).
         jpeg_quality: JPEG quality.
+        classes: names (a subset of ``CLASS_NAMES``) of the shapes drawn, or None: all five.
+            A subset makes a second class set (e.g. pretrain on three shapes, fine-tune on two).
+        category_ids: the file's category id of each of ``classes`` (any distinct ints, e.g.
+            sparse ones), or None: 1, 2, ... in ``CLASS_NAMES`` order.
 
     Returns:
         dict of absolute paths: ``root``, ``train_images``, ``val_images``,
@@ -65,6 +71,17 @@ def make_synthetic_coco(
     """
     if image_format not in ("jpg", "png"):
         raise ValueError(f"make_synthetic_coco: image_format must be 'jpg' or 'png', got {image_format!r}")
+    names = list(CLASS_NAMES) if classes is None else list(classes)
+    unknown = [n for n in names if n not in CLASS_NAMES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"make_synthetic_coco: classes must be distinct names of {CLASS_NAMES}, got {classes!r}")
+    indices = [CLASS_NAMES.index(n) for n in names]
+    if category_ids is None:
+        category_ids = [i + 1 for i in indices]
+    if len(category_ids) != len(names) or len(set(category_ids)) != len(names):
+        raise ValueError(f"make_synthetic_coco: category_ids must be {len(names)} distinct ints, got {category_ids!r}")
+    category_of = dict(zip(indices, (int(c) for c in category_ids)))
+    drawn = None if classes is None else indices
     root = os.path.abspath(output_dir)
     paths = {"root": root}
     for split, count in (("train", num_train), ("val", num_val)):
@@ -75,7 +92,7 @@ def make_synthetic_coco(
         images, annotations = [], []
         for index in range(count):
             image_id = index + 1
-            image, objects = render_image(image_rng(seed, split, index), image_size, max_objects, object_size)
+            image, objects = render_image(image_rng(seed, split, index), image_size, max_objects, object_size, drawn)
             file_name = f"{image_id:06d}.{image_format}"
             save_kwargs = {"quality": jpeg_quality} if image_format == "jpg" else {"compress_level": 1}
             Image.fromarray(image).save(os.path.join(image_dir, file_name), **save_kwargs)
@@ -86,7 +103,7 @@ def make_synthetic_coco(
                     {
                         "id": len(annotations) + 1,
                         "image_id": image_id,
-                        "category_id": obj["class_index"] + 1,
+                        "category_id": category_of[obj["class_index"]],
                         "bbox": [x1, y1, x2 - x1, y2 - y1],
                         "area": obj["area"],
                         "iscrowd": 0,
@@ -96,7 +113,9 @@ def make_synthetic_coco(
             "info": {"description": f"gflv2_keras synthetic shapes, split {split}, seed {seed}"},
             "images": images,
             "annotations": annotations,
-            "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASS_NAMES)],
+            "categories": [
+                {"id": category_of[i], "name": CLASS_NAMES[i], "supercategory": "shape"} for i in indices
+            ],
         }
         with open(ann_file, "w") as f:
             json.dump(content, f)
@@ -110,8 +129,8 @@ def image_rng(seed, split, index):
     return np.random.default_rng((seed, SPLITS[split], index))
 
 
-def render_image(rng, image_size=(224, 288), max_objects=6, object_size=(16, 120)):
-    """Draws one image.
+def render_image(rng, image_size=(224, 288), max_objects=6, object_size=(16, 120), draw_classes=None):
+    """Draws one image (``draw_classes``: indices into ``CLASS_NAMES`` to draw from, None: all).
 
     Returns:
         ``image``: uint8 ``[H, W, 3]`` RGB.
@@ -125,7 +144,10 @@ def render_image(rng, image_size=(224, 288), max_objects=6, object_size=(16, 120
     owner = np.full((height, width), -1, np.int32)  # index of the visible object at each pixel
     full_areas, visible, classes, colors = [], [], [], []
     for _ in range(int(rng.integers(1, max_objects + 1))):
-        class_index = int(rng.integers(len(CLASS_NAMES)))
+        if draw_classes is None:
+            class_index = int(rng.integers(len(CLASS_NAMES)))
+        else:
+            class_index = draw_classes[int(rng.integers(len(draw_classes)))]
         color = _shape_color(rng, colors)
         for _ in range(_PLACEMENT_TRIES):
             mask, (x0, y0) = _shape_mask(rng, class_index, height, width, object_size)

@@ -14,8 +14,9 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
     ``EarlyStopping``) can use them.
 
     Args:
-        annotation_file: COCO JSON of the validation split.
-        image_dir: folder of its images.
+        data: the validation split: a ``DetectionDataset`` of any layout (COCO, VOC, YOLO;
+            loaded with ``for_training=False``), or the path of a COCO JSON.
+        image_dir: folder of the COCO JSON's images (paths only).
         every_n_epochs: evaluate after epochs ``n, 2n, ...`` (1-based).
         max_images: score only the first ``max_images`` images (faster, noisier).
         output_json: optional path for the detections; ``{epoch}`` in it is replaced by the
@@ -29,8 +30,8 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
 
     def __init__(
         self,
-        annotation_file,
-        image_dir,
+        data,
+        image_dir=None,
         every_n_epochs=1,
         max_images=None,
         output_json=None,
@@ -41,7 +42,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         super().__init__()
         if every_n_epochs < 1:
             raise ValueError(f"CocoEvaluationCallback: every_n_epochs must be >= 1, got {every_n_epochs}")
-        self.annotation_file = annotation_file
+        self.data = data
         self.image_dir = image_dir
         self.every_n_epochs = every_n_epochs
         self.max_images = max_images
@@ -57,7 +58,7 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         output_json = self.output_json.format(epoch=epoch + 1) if self.output_json else None
         results = evaluate(
             self.detector if self.detector is not None else self.model,
-            self.annotation_file,
+            self.data,
             self.image_dir,
             output_json=output_json,
             max_images=self.max_images,
@@ -69,4 +70,5 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
             for name in self.LOGGED:
                 logs[self.prefix + name] = results[name]
         metrics = " ".join(f"{self.prefix}{name} {results[name]:.4f}" for name in self.LOGGED)
-        print(f"Epoch {epoch + 1}: COCO bbox on {results['num_images']} images: {metrics}")
+        per_class = ", ".join(f"{row['class']} {row['AP']:.3f}" for row in results["per_class"])
+        print(f"Epoch {epoch + 1}: COCO bbox on {results['num_images']} images: {metrics}; per-class AP: {per_class}")

@@ -1,39 +1,85 @@
-"""``gflv2 evaluate``: COCO bbox AP of a preset on an annotated image folder."""
+"""``gflv2 evaluate``: COCO bbox AP (and a per-class table) of a preset on annotated images.
+
+Ground truth in any layout ``data.formats`` reads: ``--data PATH`` (COCO JSON, Pascal VOC root,
+YOLO ``data.yaml``; ``--split`` for VOC / YOLO, ``--images`` for COCO / VOC), or the COCO form
+``--annotations FILE --images DIR``. Problems found in the ground truth (missing or unreadable
+images, unknown categories, duplicate ids, boxes outside the image) are reported before the
+score; ``--output`` writes the detections, and the metrics (12 COCO numbers, per-class table)
+go to ``--metrics`` (default: beside ``--output`` as ``*_metrics.json``).
+"""
 
 from gflv2_keras.models.precision import PRECISIONS, add_precision_argument
 
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+SHOWN_PROBLEMS = 10
 
 
 def register(subparsers):
-    parser = subparsers.add_parser(
-        "evaluate", description=__doc__
-    )
+    parser = subparsers.add_parser("evaluate", description=__doc__)
     parser.add_argument("--preset", required=True, help="preset name (weights in the preset home) or preset folder")
-    parser.add_argument("--annotations", required=True, help="COCO annotation JSON (e.g. instances_val2017.json)")
-    parser.add_argument("--images", required=True, help="folder of the annotation file's images")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="ground truth: COCO JSON, Pascal VOC root or YOLO data.yaml / folder")
+    source.add_argument("--annotations", help="COCO annotation JSON (e.g. instances_val2017.json)")
+    parser.add_argument("--split", default="val", help="VOC / YOLO split (default val)")
+    parser.add_argument("--images", help="image folder (COCO: default the JSON's folder; VOC: default JPEGImages)")
     parser.add_argument("--output", help="write the detections (COCO results JSON) here")
+    parser.add_argument("--metrics", help="write the metrics and per-class table (JSON) here")
     parser.add_argument("--max-images", type=int, help="evaluate the first N images only")
     add_precision_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args):
+    import json
     import os
 
-    from gflv2_keras.evaluation.coco_evaluator import evaluate
-    from gflv2_keras.models.detector import GFLV2Detector
+    from gflv2_keras.data.coco import check_image_files
+    from gflv2_keras.data.formats import load_detection_dataset
+    from gflv2_keras.evaluation.coco_evaluator import evaluate, format_results
 
-    for path, what in ((args.annotations, "annotation file"), (args.images, "image folder")):
-        if not os.path.exists(path):
-            raise SystemExit(f"gflv2 evaluate: {what} {path} does not exist")
-    detector = GFLV2Detector.from_preset(args.preset, dtype=PRECISIONS[args.precision])
-    results = evaluate(
-        detector, args.annotations, args.images, output_json=args.output, max_images=args.max_images, verbose=False
-    )
+    path = args.data or args.annotations
+    if args.images is not None and not os.path.isdir(args.images):
+        raise ValueError(f"image folder {args.images} does not exist")
+    dataset = load_detection_dataset(path, args.split, images=args.images, for_training=False)
+    if not dataset.records:
+        raise ValueError(f"{dataset.annotation_file}: no image to evaluate")
+    check_image_files(dataset)
+    report_problems(dataset)
+    detector = load_detector(args.preset, PRECISIONS[args.precision])
+    results = evaluate(detector, dataset, output_json=args.output, max_images=args.max_images, verbose=False)
     print(f"COCO bbox on {results['num_images']} images ({results['num_detections']} detections):")
-    for name in METRICS:
-        print(f"  {name:<5} {results[name]:.4f}")
+    print("\n".join(format_results(results)))
     if args.output:
         print(f"detections written to {args.output}")
+    metrics = args.metrics or (os.path.splitext(args.output)[0] + "_metrics.json" if args.output else None)
+    if metrics:
+        os.makedirs(os.path.dirname(os.path.abspath(metrics)), exist_ok=True)
+        with open(metrics, "w") as f:
+            json.dump({"data": dataset.annotation_file, "preset": args.preset, "problems": dataset.problems,
+                       **{k: v for k, v in results.items()}}, f, indent=2)
+        print(f"metrics and per-class table written to {metrics}")
     return 0
+
+
+def report_problems(dataset):
+    """Prints the ground truth's problems (entries skipped or suspicious, unreadable images)."""
+    files = {r["image_id"]: r["file_name"] for r in dataset.records}
+    problems = list(dataset.problems) + [
+        f"image id {i} ({files.get(i)}): {reason}, left out of the score" for i, reason in dataset.unreadable.items()
+    ]
+    if not problems:
+        return
+    print(f"[evaluate] {len(problems)} problems in the ground truth {dataset.annotation_file}:")
+    for line in problems[:SHOWN_PROBLEMS]:
+        print(f"  {line}")
+    if len(problems) > SHOWN_PROBLEMS:
+        print(f"  ... {len(problems) - SHOWN_PROBLEMS} more (all of them go to the --metrics JSON)")
+
+
+def load_detector(preset, dtype="float32"):
+    """The preset's detector with weights; a missing preset or weights is one ``ValueError`` line."""
+    from gflv2_keras.models.detector import GFLV2Detector
+
+    try:
+        return GFLV2Detector.from_preset(preset, dtype=dtype)
+    except FileNotFoundError as error:
+        raise ValueError(" ".join(str(error).split("\n")[:2])) from None

@@ -1,4 +1,12 @@
-"""COCO bbox evaluation with pycocotools, on the annotation file's own image and category ids.
+"""COCO bbox evaluation with pycocotools of a ``DetectionDataset`` of any layout (COCO, VOC, YOLO).
+
+One code path for every layout: ``ground_truth(dataset)`` builds the COCO ground truth in memory
+from the records (``boxes`` as annotations; ``ignore_boxes`` as ``iscrowd=1`` regions, so VOC
+``difficult`` objects are neither hits nor misses, as the VOC devkit, and COCO crowd regions
+are handled as COCOeval does; area = the COCO file's ``area``, else the box area; category ids =
+the COCO file's own, else label index + 1). Differences from COCOeval on the raw JSON file:
+annotations the reader drops (degenerate boxes, boxes reaching far outside the image, unknown
+categories) are not in the ground truth.
 
 As the TF Model Garden ``COCOEvaluator`` and mmdet (and unlike keras-cv's ``PyCOCOCallback``),
 detections are scored in original image pixels, with the file's image ids, and with contiguous
@@ -29,7 +37,8 @@ def evaluate_detections(annotation_file, detections, output_json=None, image_ids
     """COCOeval bbox of detections against a COCO annotation file.
 
     Args:
-        annotation_file: path of the ground-truth JSON, or a loaded ``pycocotools.coco.COCO``.
+        annotation_file: path of the ground-truth JSON, or a loaded ``pycocotools.coco.COCO``
+            (``ground_truth(dataset)``).
         detections: list of COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h],
             "score"}`` (original pixels, the file's ids), or the path of such a JSON file.
         output_json: if given, the detections are written there (JSON list).
@@ -39,7 +48,11 @@ def evaluate_detections(annotation_file, detections, output_json=None, image_ids
     Returns:
         dict with ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` and the recall metrics
         ``AR1`` ... ``ARl`` (floats, pycocotools' 12 ``stats`` in order), ``stats`` (the list of
-        12) and ``num_detections``. With no detection at all every metric is 0.0.
+        12), ``num_detections`` and ``per_class``: one dict per category in id order,
+        ``class``, ``category_id``, ``AP`` (IoU 0.50:0.95), ``AP50``, ``num_gt`` (non-crowd
+        ground-truth boxes in the scored images), from ``COCOeval.eval["precision"]`` (area
+        "all", 100 detections; -1 where the class has no ground truth). With no detection at
+        all every metric is 0.0.
 
     Raises:
         ValueError: a detection names an image or category id that the file does not have, or
@@ -66,9 +79,11 @@ def evaluate_detections(annotation_file, detections, output_json=None, image_ids
     _check_ground_truth(coco_gt, source)
     _check_detections(coco_gt, detections, source)
 
+    scored = set(coco_gt.getImgIds() if image_ids is None else (int(i) for i in image_ids))
     if not detections:
         logger.warning("evaluate_detections: no detections, every metric is 0")
         stats = [0.0] * len(METRIC_NAMES)
+        precision = None
     else:
         # loadRes adds fields to the dicts it is given; keep the caller's list intact.
         output = io.StringIO()
@@ -83,14 +98,109 @@ def evaluate_detections(annotation_file, detections, output_json=None, image_ids
         if verbose:
             print("\n".join(line for line in output.getvalue().splitlines() if line.lstrip().startswith("Average")))
         stats = [float(v) for v in coco_eval.stats]
+        precision = coco_eval.eval["precision"]
     results = dict(zip(METRIC_NAMES, stats))
     results["stats"] = stats
     results["num_detections"] = len(detections)
+    results["per_class"] = per_class_results(coco_gt, precision, scored)
     return results
 
 
+def per_class_results(coco_gt, precision, image_ids):
+    """Per-category AP, AP50 and ground-truth count.
+
+    Args:
+        coco_gt: the ground truth (``pycocotools.coco.COCO``).
+        precision: ``COCOeval.eval["precision"]`` ``[T, R, K, A, M]`` (IoU thresholds 0.50:0.95,
+            101 recall points, categories in ``getCatIds()`` order, area ranges, max detections),
+            or None (no detection: every AP 0).
+        image_ids: the scored image ids.
+
+    Returns:
+        list of dicts ``class``, ``category_id``, ``AP``, ``AP50``, ``num_gt`` (-1.0 APs for a
+        category without ground truth, as COCOeval).
+    """
+    rows = []
+    for k, cat_id in enumerate(coco_gt.getCatIds()):
+        num_gt = sum(
+            1 for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=list(image_ids), catIds=[cat_id])) if not a.get("iscrowd")
+        )
+        if precision is None:
+            ap = ap50 = 0.0 if num_gt else -1.0
+        else:
+            ap, ap50 = _mean_valid(precision[:, :, k, 0, -1]), _mean_valid(precision[0, :, k, 0, -1])
+        rows.append({"class": coco_gt.cats[cat_id].get("name", str(cat_id)), "category_id": int(cat_id),
+                     "AP": ap, "AP50": ap50, "num_gt": num_gt})
+    return rows
+
+
+def format_results(results):
+    """The 12 COCO numbers and the per-class table as printable lines."""
+    lines = [f"  {name:<5} {results[name]:.4f}" for name in METRIC_NAMES]
+    width = max([5] + [len(row["class"]) for row in results.get("per_class", [])])
+    lines.append(f"  {'class':<{width}} {'AP':>6} {'AP50':>6} {'boxes':>6}")
+    for row in results.get("per_class", []):
+        lines.append(f"  {row['class']:<{width}} {row['AP']:6.3f} {row['AP50']:6.3f} {row['num_gt']:6d}")
+    return lines
+
+
+def _mean_valid(values):
+    valid = values[values > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
+def evaluation_category_ids(dataset):
+    """The category id of each class index: the COCO file's own ids, else ``label + 1``."""
+    if dataset.format == "coco":
+        return [int(i) for i in dataset.category_ids]
+    return list(range(1, dataset.num_classes + 1))
+
+
+def ground_truth(dataset, records=None):
+    """The COCO ground truth of ``dataset`` (any layout), built in memory (see the module docstring).
+
+    Args:
+        dataset: a ``DetectionDataset``, best loaded with ``for_training=False``.
+        records: the records to include (default all).
+
+    Returns:
+        a ``pycocotools.coco.COCO`` with ``images`` (the records' ids and sizes), ``annotations``
+        (xywh pixel boxes; ``iscrowd`` 1 for ``ignore_boxes``) and ``categories``.
+    """
+    from pycocotools.coco import COCO
+
+    category_ids = evaluation_category_ids(dataset)
+    images, annotations = [], []
+    for record in dataset.records if records is None else records:
+        images.append({"id": record["image_id"], "height": record["height"], "width": record["width"],
+                       "file_name": record["file_name"]})
+        for prefix, crowd in (("", 0), ("ignore_", 1)):
+            boxes = np.asarray(record[f"{prefix}boxes"], np.float64).reshape(-1, 4)
+            areas = record.get(f"{prefix}areas")
+            if areas is None:
+                areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            for box, label, area in zip(boxes, record[f"{prefix}labels"], areas):
+                annotations.append({
+                    "id": len(annotations) + 1,
+                    "image_id": record["image_id"],
+                    "category_id": category_ids[int(label)],
+                    "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+                    "area": float(area),
+                    "iscrowd": crowd,
+                })
+    coco = COCO()
+    coco.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i, "name": n} for i, n in zip(category_ids, dataset.class_names)],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
 def run_detector(detector, dataset, max_images=None, progress=True):
-    """Runs ``detector.detect`` on the images of a ``CocoDataset`` and returns COCO results.
+    """Runs ``detector.detect`` on the images of a ``DetectionDataset`` and returns COCO results.
 
     Args:
         detector: any object with ``detect(image)`` taking a uint8 RGB ``[H, W, 3]`` array
@@ -100,13 +210,14 @@ def run_detector(detector, dataset, max_images=None, progress=True):
             relative to the original image; ``"xyxy"`` pixels if it has no such attribute),
             ``"confidence"`` ``[K]`` and ``"labels"`` ``[K]`` contiguous 0-based class indices
             (entries with label < 0, such as -1 padding, are ignored).
-        dataset: a ``CocoDataset``, loaded with ``for_training=False`` so that images without
-            annotations are evaluated too.
+        dataset: a ``DetectionDataset`` (any layout), loaded with ``for_training=False`` so
+            that images without annotations are evaluated too.
         max_images: only the first ``max_images`` records.
         progress: show a ``keras.utils.Progbar``.
 
     Returns:
         list of COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
+        (category ids of ``evaluation_category_ids``)
         (python floats / ints, JSON-ready). Images that cannot be read are skipped, logged with
         their id and file name, and put in ``dataset.unreadable``.
     """
@@ -118,7 +229,7 @@ def run_detector(detector, dataset, max_images=None, progress=True):
             dataset.annotation_file,
         )
     records = dataset.records if max_images is None else dataset.records[:max_images]
-    category_ids = np.asarray(dataset.category_ids)
+    category_ids = np.asarray(evaluation_category_ids(dataset))
     box_format = getattr(detector, "bounding_box_format", "xyxy")
     progbar = None
     if progress:
@@ -140,23 +251,39 @@ def run_detector(detector, dataset, max_images=None, progress=True):
     return results
 
 
-def evaluate(detector, annotation_file, image_dir, output_json=None, max_images=None, progress=True, verbose=True):
-    """Runs ``detector`` on a COCO split and scores it (``run_detector`` + ``evaluate_detections``).
+def evaluate(detector, data, image_dir=None, output_json=None, max_images=None, progress=True, verbose=True):
+    """Runs ``detector`` on a split and scores it (``run_detector`` + ``evaluate_detections``).
 
-    The score covers the images that were run: all readable images of the file, or the first
+    Args:
+        detector: see ``run_detector``.
+        data: a ``DetectionDataset`` of any layout (``data.formats.load_detection_dataset``
+            with ``for_training=False``), or the path of a COCO annotation file.
+        image_dir: the COCO file's image folder (paths only).
+        output_json, max_images, progress, verbose: see ``run_detector`` / ``evaluate_detections``.
+
+    The score covers the images that were run: all readable images of the split, or the first
     ``max_images`` of them. Unreadable images are reported and left out of the score.
 
     Returns:
         The dict of ``evaluate_detections`` plus ``num_images`` (images scored).
+
+    Raises:
+        ValueError: the split has no image.
     """
-    dataset = load_coco(annotation_file, image_dir, for_training=False, verbose=False)
+    if isinstance(data, (str, os.PathLike)):
+        dataset = load_coco(data, image_dir if image_dir is not None else os.path.dirname(os.path.abspath(data)),
+                            for_training=False, verbose=False)
+    else:
+        dataset = data
+    if not dataset.records:
+        raise ValueError(f"{dataset.annotation_file}: no image to evaluate")
     records = dataset.records if max_images is None else dataset.records[:max_images]
     detections = run_detector(detector, dataset, max_images=max_images, progress=progress)
     image_ids = [r["image_id"] for r in records if r["image_id"] not in dataset.unreadable]
     if dataset.unreadable:
         logger.warning("evaluate: %d unreadable images left out of the score", len(dataset.unreadable))
     results = evaluate_detections(
-        annotation_file, detections, output_json=output_json, image_ids=image_ids, verbose=verbose
+        ground_truth(dataset, records), detections, output_json=output_json, image_ids=image_ids, verbose=verbose
     )
     results["num_images"] = len(image_ids)
     return results

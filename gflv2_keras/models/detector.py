@@ -70,6 +70,9 @@ class GFLV2Detector(keras.Model):
           "confidence": [B, 100], "labels": [B, 100] (0-based), "num_detections": [B]}``;
           rows past ``num_detections`` are -1 (boxes included, whatever the format).
         * ``detector.detect(image)``: one uint8 ``[H, W, 3]`` image → NumPy dict without padding.
+        * ``fit(raw_dataset)``: a ``tf.data.Dataset`` of raw keras-hub samples ``{"images": uint8
+          [H, W, 3], "bounding_boxes": {"boxes", "labels"}}`` (original pixels, any size); the
+          training preprocessing is applied for you (``prepare_dataset``).
         * ``fit(images, {"boxes": [B, M, 4] in bounding_box_format of the network input,
           "labels": [B, M] (-1 pad), optional "image_shape": [B, 2] per-image padded (h, w)})``
           trains with ATSS + QFL/DFL/GIoU (``"classes"`` is accepted instead of ``"labels"``).
@@ -167,6 +170,39 @@ class GFLV2Detector(keras.Model):
                 learning_rate=scale_learning_rate(0.01, global_batch_size), momentum=0.9, weight_decay=1e-4
             )
         super().compile(optimizer=optimizer, **kwargs)
+
+    def prepare_dataset(self, raw_dataset, batch_size=2, flip_prob=0.5, seed=0, shuffle_buffer=None, scale=None):
+        """Training batches of a ``tf.data.Dataset`` of raw samples (keras-hub style).
+
+        Raw samples are ``{"images": uint8 [H, W, 3] any size, "bounding_boxes": {"boxes":
+        [M, 4] in bounding_box_format of the original image, "labels": [M]}}``; the library's
+        training preprocessing is applied (``data.raw.prepare_raw_dataset``: keep-ratio resize
+        to ``scale`` (default ``input_scale``), flip, normalise, pad to the fixed canvas).
+        ``fit`` calls this itself when given such a dataset.
+        """
+        from gflv2_keras.data.raw import prepare_raw_dataset
+
+        return prepare_raw_dataset(
+            raw_dataset,
+            batch_size,
+            self.bounding_box_format,
+            scale=tuple(scale) if scale is not None else self.input_scale,
+            flip_prob=flip_prob,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+        )
+
+    def fit(self, x=None, y=None, batch_size=None, prepare_options=None, **kwargs):
+        """``keras.Model.fit``; a ``tf.data.Dataset`` of raw samples (see ``prepare_dataset``) is
+        first turned into training batches of ``batch_size`` images (default 2), with the
+        keyword arguments ``prepare_options`` of ``prepare_dataset`` (e.g. ``{"flip_prob": 0}``)."""
+        from gflv2_keras.data.raw import is_raw_dataset
+
+        if is_raw_dataset(x):
+            x, batch_size = self.prepare_dataset(x, batch_size or 2, **(prepare_options or {})), None
+        elif prepare_options:
+            raise ValueError("GFLV2Detector.fit: prepare_options applies to a dataset of raw samples only")
+        return super().fit(x, y, batch_size=batch_size, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """ATSS targets + QFL/DFL/GIoU (the official sum). Logs ``qfl``, ``dfl``, ``giou``.

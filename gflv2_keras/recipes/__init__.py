@@ -2,6 +2,7 @@
 
 from gflv2_keras.recipes.base import RECIPE_FIELDS, SCHEDULES, SYNTHETIC_DATA, coco_recipe, validate_recipe
 from gflv2_keras.recipes.catalog import RECIPES, get_recipe, list_recipes, load_recipe
+from gflv2_keras.recipes.finetune import finetune_recipe
 
 __all__ = [
     "RECIPES",
@@ -9,6 +10,7 @@ __all__ = [
     "SCHEDULES",
     "SYNTHETIC_DATA",
     "coco_recipe",
+    "finetune_recipe",
     "get_recipe",
     "list_recipes",
     "load_recipe",

@@ -7,8 +7,11 @@ code: data pipeline, SGD, warm-up, step decay), so each named recipe is one call
 
 Fields (``RECIPE_FIELDS`` lists them with their meaning): the preset to build, the schedule
 (epochs, decay epochs, warm-up), the optimiser (SGD momentum / coupled L2, lr per 16 images,
-scaled linearly to the global batch), the data (scale, multi-scale range, flip, seed, file
-layout under ``--data-root``), checkpoint and evaluation intervals.
+scaled linearly to the global batch), the data (scale, multi-scale range, flip, seed, and
+where the data is: ``train_data`` / ``val_data`` in any layout ``data.formats.load_detection_dataset``
+reads, with their split and image folder), checkpoint and evaluation intervals. The COCO recipes
+hold the COCO 2017 layout relative to ``--data-root``; ``recipes.finetune.finetune_recipe`` holds
+absolute paths of a user's dataset.
 """
 
 import copy
@@ -38,19 +41,23 @@ RECIPE_FIELDS = {
     "keep_checkpoints": "checkpoints kept on disk",
     "eval_every_epochs": "COCO evaluation on the val split every N epochs (0: never)",
     "eval_max_images": "evaluate on the first N val images only, or None: all",
-    "train_annotations": "training annotation file, relative to --data-root",
-    "train_images": "training image folder, relative to --data-root",
-    "val_annotations": "validation annotation file, relative to --data-root",
-    "val_images": "validation image folder, relative to --data-root",
+    "train_data": "training data in any layout of data.formats (COCO JSON, VOC root, YOLO data.yaml), "
+    "absolute or relative to --data-root",
+    "train_split": "VOC / YOLO split of train_data (ignored for COCO, whose JSON is the split)",
+    "train_images": "COCO / VOC image folder of train_data (absolute or relative to --data-root), or None: "
+    "the layout's default (COCO: the JSON's folder, VOC: JPEGImages; YOLO: must be None)",
+    "val_data": "validation data (same layouts), or None: no evaluation",
+    "val_split": "VOC / YOLO split of val_data",
+    "val_images": "image folder of val_data, or None: the layout's default",
     "official_config": "the official config this recipe reproduces (provenance)",
     "notes": "deviations from the official recipe",
 }
 
 # Where ``gflv2_keras.data.synthetic.make_synthetic_coco`` writes its splits (relative to its root).
 SYNTHETIC_DATA = {
-    "train_annotations": "annotations/train.json",
+    "train_data": "annotations/train.json",
     "train_images": "train",
-    "val_annotations": "annotations/val.json",
+    "val_data": "annotations/val.json",
     "val_images": "val",
 }
 
@@ -77,9 +84,11 @@ _COCO_BASE = {
     "keep_checkpoints": 3,
     "eval_every_epochs": 1,
     "eval_max_images": None,
-    "train_annotations": "annotations/instances_train2017.json",
+    "train_data": "annotations/instances_train2017.json",
+    "train_split": "train",
     "train_images": "train2017",
-    "val_annotations": "annotations/instances_val2017.json",
+    "val_data": "annotations/instances_val2017.json",
+    "val_split": "val",
     "val_images": "val2017",
     "notes": (
         "Official: ImageNet-pretrained backbone (torchvision://resnet50 etc.): download that .pth and pass "

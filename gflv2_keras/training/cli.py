@@ -1,4 +1,11 @@
-"""``gflv2 train``: run a training recipe (also ``python recipes/NAME.py``)."""
+"""``gflv2 train``: run a training recipe (also ``python recipes/NAME.py``), or fine-tune a preset on your data.
+
+Two forms (exactly one of ``--recipe`` / ``--preset``):
+    gflv2 train --recipe NAME --data-root DIR        an official recipe on COCO-layout data
+    gflv2 train --preset NAME|DIR --data PATH        fine-tune on COCO JSON, Pascal VOC or YOLO data
+                [--val-data PATH] [--epochs N] [--batch-size B] [--image-size LONG SHORT]
+                [--work-dir DIR] [--from-scratch]   (``recipes.finetune.finetune_recipe``)
+"""
 
 import argparse
 import sys
@@ -7,7 +14,14 @@ import sys
 def add_train_arguments(parser, with_recipe=True):
     """The options of ``gflv2 train`` (``with_recipe=False``: a recipe file's own command line)."""
     if with_recipe:
-        parser.add_argument("--recipe", required=True, help="recipe name (see `gflv2 recipes`) or path of a .py file defining RECIPE")
+        which = parser.add_mutually_exclusive_group(required=True)
+        which.add_argument("--recipe", help="recipe name (see `gflv2 recipes`) or path of a .py file defining RECIPE")
+        which.add_argument("--preset", help="fine-tune this preset (name or folder) on --data (any layout)")
+        parser.add_argument("--data", help="with --preset: training data: COCO JSON, Pascal VOC root or YOLO data.yaml")
+        parser.add_argument("--val-data", help="with --preset: validation data (default: the 'val' split of a VOC / YOLO --data)")
+        parser.add_argument("--image-size", type=int, nargs=2, metavar=("LONG", "SHORT"),
+                            help="with --preset: keep-ratio training scale (default the preset's input_scale)")
+        parser.add_argument("--from-scratch", action="store_true", help="with --preset: do not load the preset's weights")
     parser.add_argument("--data-root", help="dataset folder; COCO layout: annotations/instances_train2017.json, train2017/")
     parser.add_argument("--work-dir", help="output folder (default work_dirs/RECIPE)")
     parser.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
@@ -18,9 +32,9 @@ def add_train_arguments(parser, with_recipe=True):
     parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
     parser.add_argument("--steps-per-epoch", type=int, help="cap the steps of an epoch (quick runs)")
     parser.add_argument("--train-annotations", help="training annotation file (overrides the recipe path)")
-    parser.add_argument("--train-images", help="training image folder")
+    parser.add_argument("--train-images", help="training image folder (COCO / VOC; with --preset: of --data)")
     parser.add_argument("--val-annotations", help="validation annotation file")
-    parser.add_argument("--val-images", help="validation image folder")
+    parser.add_argument("--val-images", help="validation image folder (with --preset: of --val-data)")
     parser.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation callback")
     parser.add_argument("--pretrained-backbone", metavar="FILE.pth",
                         help="ImageNet weights for the backbone (e.g. torchvision resnet50 .pth); needs PyTorch")
@@ -43,6 +57,12 @@ def run_train(args, recipe=None):
     from gflv2_keras.training.options import resolve_run
     from gflv2_keras.training.trainer import Trainer
 
+    finetune = recipe is None and getattr(args, "preset", None) is not None
+    if finetune:
+        recipe = finetune_from_args(args)
+    elif getattr(args, "data", None) or getattr(args, "val_data", None) or getattr(args, "image_size", None) \
+            or getattr(args, "from_scratch", False):
+        raise ValueError("--data, --val-data, --image-size and --from-scratch go with --preset, not --recipe")
     recipe = recipe if recipe is not None else load_recipe(args.recipe)
     if args.pretrained_backbone:
         recipe = validate_recipe({**recipe, "pretrained_backbone": args.pretrained_backbone}, "--pretrained-backbone")
@@ -52,25 +72,58 @@ def run_train(args, recipe=None):
         data_root=args.data_root,
         strategy=args.strategy,
         resume=args.resume,
-        epochs=args.epochs,
-        batch_per_replica=args.batch_size,
+        epochs=None if finetune else args.epochs,
+        batch_per_replica=None if finetune else args.batch_size,
         cpu_devices=args.cpu_devices,
         jit_compile=args.jit_compile,
         train_annotations=args.train_annotations,
-        train_images=args.train_images,
+        train_images=None if finetune else args.train_images,
         val_annotations=args.val_annotations,
-        val_images=args.val_images,
+        val_images=None if finetune else args.val_images,
         steps_per_epoch=args.steps_per_epoch,
         evaluate=not args.no_eval,
     )
-    result = Trainer(options).run()
+    trainer = Trainer(options)
+    result = trainer.run()
     speed = result["images_per_second"]
     print(
         f"[train] done: {result['iterations']} iterations, "
         + (f"{speed:.2f} images/s, " if speed else "")
         + f"work dir {result['work_dir']}"
     )
+    if trainer.chief:
+        from gflv2_keras.training.curves import draw_curve
+
+        curve = draw_curve(result["history"], str(options.work_dir / "curve.png"))
+        if curve:
+            print(f"[train] loss / AP curve: {curve}")
+    if result["preset_dir"]:
+        print(f"[train] predict: gflv2 predict IMAGES... --preset {result['preset_dir']}; "
+              f"export: gflv2 export --preset {result['preset_dir']} --output DIR")
     return 0
+
+
+def finetune_from_args(args):
+    """The ``finetune_recipe`` of ``gflv2 train --preset``; COCO-recipe-only options are refused."""
+    from gflv2_keras.recipes.finetune import finetune_recipe
+
+    if not args.data:
+        raise ValueError("--preset needs --data PATH (COCO JSON, Pascal VOC root or YOLO data.yaml)")
+    recipe_only = [f"--{name.replace('_', '-')}" for name in ("data_root", "train_annotations", "val_annotations")
+                   if getattr(args, name)]
+    if recipe_only:
+        raise ValueError(f"{', '.join(recipe_only)} go with --recipe; with --preset give --data / --val-data")
+    return finetune_recipe(
+        args.preset,
+        args.data,
+        val_data=args.val_data,
+        epochs=args.epochs if args.epochs is not None else 12,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        from_scratch=args.from_scratch,
+        images=args.train_images,
+        val_images=args.val_images,
+    )
 
 
 def run_recipe_cli(recipe, argv=None):

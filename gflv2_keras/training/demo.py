@@ -7,7 +7,7 @@ COCO evaluation of the held-out split after every epoch), then the demo prints t
 curve, draws predictions on held-out images and leaves the trained preset folder.
 
 Output folder layout: ``data/`` (the dataset), ``work_dir/`` (checkpoints, logs, ``preset/``),
-``predictions.png``, ``curve.json``.
+``predictions.png``, ``curve.json`` and ``curve.png`` (loss and held-out AP per epoch).
 """
 
 import json
@@ -81,6 +81,9 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False, overwr
         result["model"], data_root / "annotations" / "val.json", data_root / "val", output / "predictions.png"
     )
     (output / "curve.json").write_text(json.dumps(history, indent=2))
+    from gflv2_keras.training.curves import draw_curve
+
+    draw_curve(history, str(output / "curve.png"))
     last = next((h for h in reversed(history) if "val_AP" in h), {})
     seconds = time.perf_counter() - start
     speed = result["images_per_second"]
@@ -89,6 +92,7 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False, overwr
         f"AP50 {last.get('val_AP50', float('nan')):.3f}"
         + (f"; training {speed:.1f} images/s" if speed else "")
         + f"\n[demo] preset folder: {result['preset_dir']}\n[demo] predictions: {picture}"
+        + f"\n[demo] curve: {output / 'curve.png'}"
     )
     return {
         "history": history,

@@ -18,7 +18,9 @@ import tensorflow as tf
 
 from gflv2_keras.training.strategy import STRATEGIES
 
-DATA_FIELDS = ("train_annotations", "train_images", "val_annotations", "val_images")
+DATA_FIELDS = ("train_data", "train_images", "val_data", "val_images")
+# Older override names of the COCO annotation files, still accepted.
+DATA_ALIASES = {"train_annotations": "train_data", "val_annotations": "val_data"}
 # Boxes per image when the recipe does not set max_boxes: a fixed box count keeps one traced
 # training step per canvas (and XLA needs it); COCO train2017 has at most 93 non-crowd boxes in
 # an image. Boxes beyond it are dropped with a warning naming the images.
@@ -29,10 +31,12 @@ VERBOSITY = ("auto", 0, 1, 2)
 OVERRIDES = {
     "epochs": "the recipe's number of epochs (int >= 1)",
     "batch_per_replica": "the recipe's images per replica (int >= 1)",
-    "train_annotations": "training annotation file (absolute or relative to the current folder)",
-    "train_images": "training image folder",
-    "val_annotations": "validation annotation file",
-    "val_images": "validation image folder",
+    "train_data": "training data: COCO JSON, VOC root or YOLO data.yaml (absolute or relative to the current folder)",
+    "train_images": "training image folder (COCO / VOC)",
+    "val_data": "validation data (same layouts)",
+    "val_images": "validation image folder (COCO / VOC)",
+    "train_annotations": "old name of train_data",
+    "val_annotations": "old name of val_data",
     "steps_per_epoch": "cap on the steps of an epoch (int >= 1; smoke tests, benchmarks); None: one pass",
     "cpu_devices": "split the CPU into N logical devices (int >= 1; mirrored without GPUs)",
     "jit_compile": "compile the training step with XLA (bool; fixed box count: max_boxes)",
@@ -44,10 +48,12 @@ OVERRIDES = {
 DEFAULTS = {
     "epochs": None,
     "batch_per_replica": None,
-    "train_annotations": None,
+    "train_data": None,
     "train_images": None,
-    "val_annotations": None,
+    "val_data": None,
     "val_images": None,
+    "train_annotations": None,
+    "val_annotations": None,
     "steps_per_epoch": None,
     "cpu_devices": None,
     "jit_compile": False,
@@ -66,8 +72,9 @@ class TrainOptions:
         recipe: the validated recipe with ``epochs`` / ``batch_per_replica`` overrides applied
             (read-only mapping; ``dict(options.recipe)`` is what ``recipe.json`` holds).
         work_dir: absolute output folder.
-        data_paths: absolute ``train_annotations``, ``train_images``, ``val_annotations``,
-            ``val_images`` (read-only mapping).
+        data_paths: where the data is (read-only mapping, ``resolve_data_paths``): absolute
+            ``train_data``, ``train_images``, ``val_data``, ``val_images`` (the image folders
+            and ``val_data`` may be None) and the ``train_split`` / ``val_split`` names.
         strategy: a name of ``STRATEGIES`` or a ``tf.distribute.Strategy``.
         cpu_devices, resume, callbacks, steps_per_epoch, jit_compile, evaluate, tensorboard,
         save_preset, verbose: see ``OVERRIDES`` and ``trainer.train``.
@@ -120,6 +127,11 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
     if unknown:
         raise ValueError(f"train: unknown option(s) {unknown}; known: {sorted(OVERRIDES)}")
     values = {**DEFAULTS, **overrides}
+    for old, new in DATA_ALIASES.items():
+        if values[old] is not None:
+            if values[new] is not None:
+                raise ValueError(f"train: pass {new} or its old name {old}, not both")
+            values[new] = values[old]
     for field in ("epochs", "batch_per_replica", "steps_per_epoch", "cpu_devices"):
         _check(field, values[field], values[field] is None or _is_int(values[field]) and values[field] >= 1,
                "None or an int >= 1")
@@ -154,7 +166,14 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
     return TrainOptions(
         recipe=MappingProxyType(recipe),
         work_dir=work_dir,
-        data_paths=MappingProxyType(resolve_data_paths(recipe, data_root, **{f: values[f] for f in DATA_FIELDS})),
+        data_paths=MappingProxyType(
+            resolve_data_paths(
+                recipe,
+                data_root,
+                require_val=values["evaluate"] and bool(recipe["eval_every_epochs"]),
+                **{f: values[f] for f in DATA_FIELDS},
+            )
+        ),
         strategy=strategy,
         cpu_devices=values["cpu_devices"],
         resume=resume,
@@ -182,27 +201,38 @@ def refuse_used_work_dir(work_dir):
         )
 
 
-def resolve_data_paths(recipe, data_root=None, **paths):
-    """Absolute ``train_annotations``, ``train_images``, ``val_annotations``, ``val_images``.
+def resolve_data_paths(recipe, data_root=None, require_val=False, **paths):
+    """Where the run's data is: ``train_data``, ``train_images``, ``val_data``, ``val_images``
+    (absolute paths or None) and ``train_split`` / ``val_split`` (names).
 
-    Recipe paths are relative to ``data_root``; a non-None entry of ``paths`` replaces one
-    (absolute or relative to the current folder). Missing training files raise
-    ``FileNotFoundError`` naming the file and the recipe field.
+    A recipe path is used as is when absolute, else relative to ``data_root``; a non-None entry
+    of ``paths`` replaces it (absolute or relative to the current folder). An image folder or
+    ``val_data`` of None stays None (the layout's default folder; no validation data). The
+    training data must exist (``FileNotFoundError`` naming the file and the recipe field); the
+    validation data only when ``require_val`` (evaluation on): ``--no-eval`` demands none.
     """
-    resolved = {}
+    resolved = {"train_split": recipe["train_split"], "val_split": recipe["val_split"]}
     for field in DATA_FIELDS:
         if paths.get(field):
             resolved[field] = os.path.abspath(paths[field])
+        elif recipe[field] is None:
+            resolved[field] = None
+        elif os.path.isabs(recipe[field]):
+            resolved[field] = recipe[field]
         elif data_root is not None:
             resolved[field] = os.path.abspath(os.path.join(data_root, recipe[field]))
         else:
             raise ValueError(f"no data: pass data_root (or --data-root), or the {field} path")
-    for field in ("train_annotations", "train_images"):
-        if not os.path.exists(resolved[field]):
+    if resolved["train_data"] is None:
+        raise ValueError("no training data: the recipe's train_data is None and no train_data was passed")
+    checked = ("train_data", "train_images") + (("val_data", "val_images") if require_val else ())
+    for field in checked:
+        if resolved[field] is not None and not os.path.exists(resolved[field]):
             raise FileNotFoundError(
-                f"{resolved[field]} does not exist (recipe field {field!r} = {recipe[field]!r} under "
-                f"data root {data_root}); COCO layout: DATA_ROOT/annotations/instances_train2017.json "
-                f"and DATA_ROOT/train2017/"
+                f"{resolved[field]} does not exist (recipe field {field!r} = {recipe[field]!r}"
+                + (f" under data root {data_root}" if data_root is not None else "")
+                + "); COCO layout: DATA_ROOT/annotations/instances_train2017.json and DATA_ROOT/train2017/"
+                + ("; pass --no-eval to train without validation data" if field.startswith("val") else "")
             )
     return resolved
 

@@ -8,7 +8,8 @@ as detectron2's ``detectron2/engine/defaults.py DefaultTrainer`` (``build_model`
 ``build_optimizer``, ``build_train_loader``, ``build_hooks``) and TF Model Garden's
 ``official/vision/tasks/retinanet.py RetinaNetTask``:
 
-1. ``build_data``: the COCO-layout training split (``data.coco``), the global batch
+1. ``build_data``: the training split in any layout (``data.formats``: COCO, VOC, YOLO) and,
+   when the run evaluates, the validation split, the global batch
    (``batch_per_replica`` x the replicas of the ``tf.distribute`` strategy: ``none``,
    ``mirrored`` over the GPUs or N logical CPU devices, ``multi-worker`` from ``TF_CONFIG``),
    the steps per epoch, and the endless, deterministic stream of global batches (order, scale
@@ -34,7 +35,8 @@ Only the chief (``strategy.is_chief``) writes files; every worker runs every ste
 
 Work-dir layout: ``checkpoints/ckpt-*.npz``, ``log.csv`` (per-epoch logs), ``tensorboard/`` (when
 the ``tensorboard`` package is installed), ``preset/``, ``recipe.json``, ``history.json``,
-``detections/epoch_{N}.json`` (COCO results of each evaluation).
+``detections/epoch_{N}.json`` (COCO results of each evaluation), ``data_problems.txt`` (every
+problem found in the data, when there is one).
 """
 
 import dataclasses
@@ -56,6 +58,7 @@ from gflv2_keras.training.strategy import build_strategy, is_chief, shard_for
 
 # Run facts that must be equal in a checkpoint and the run resuming from it.
 RESUME_MUST_MATCH = ("steps_per_epoch", "global_batch_size", "shuffle_seed", "preset")
+DATA_PROBLEMS_FILE = "data_problems.txt"
 
 
 def train(recipe, work_dir=None, *, data_root=None, strategy="none", resume=False, callbacks=None, **overrides):
@@ -92,7 +95,7 @@ class TrainingData:
     """The training split and how it is batched.
 
     Attributes:
-        dataset: the ``CocoDataset`` of the training split.
+        dataset: the ``DetectionDataset`` of the training split (any layout).
         global_batch_size: images per step over all replicas.
         steps_per_epoch: one pass over the usable images, or the ``steps_per_epoch`` cap.
         epochs: epochs of the run.
@@ -101,6 +104,8 @@ class TrainingData:
             (``images [B, H, W, 3]`` float32 with ``(H, W)`` one of ``canvases``, ``targets``
             of ``data.pipeline.build_dataset``)
             starting at global batch ``skip_batches``.
+        val_dataset: the validation ``DetectionDataset`` (``for_training=False``), or None when
+            the run does not evaluate.
     """
 
     dataset: object
@@ -109,6 +114,7 @@ class TrainingData:
     epochs: int
     canvases: tuple
     stream: Callable
+    val_dataset: object = None
 
     @property
     def total_iterations(self):
@@ -164,12 +170,33 @@ class Trainer:
         }
 
     def build_data(self):
-        """Stage 1: the training split, the global batch, steps per epoch and the stream (``TrainingData``)."""
-        from gflv2_keras.data.coco import load_coco
+        """Stage 1: the training split, the global batch, steps per epoch and the stream (``TrainingData``).
+
+        Both splits are read with ``data.formats.load_detection_dataset`` (COCO JSON, Pascal VOC
+        or YOLO); the validation split only when the run evaluates, with the training split's
+        classes. The chief writes every problem found in the data to ``WORK_DIR/data_problems.txt``.
+        """
+        from gflv2_keras.data.formats import load_detection_dataset
         from gflv2_keras.data.grouping import grouped_epoch_steps
 
         recipe, paths = self.recipe, self.options.data_paths
-        dataset = load_coco(paths["train_annotations"], paths["train_images"], for_training=True)
+        dataset = load_detection_dataset(
+            paths["train_data"], paths["train_split"], images=paths["train_images"], for_training=True
+        )
+        val_dataset = None
+        if self.evaluates:
+            val_dataset = load_detection_dataset(
+                paths["val_data"],
+                paths["val_split"],
+                images=paths["val_images"],
+                class_names=dataset.class_names,
+                for_training=False,
+            )
+            if not val_dataset.records:
+                raise ValueError(f"{val_dataset.annotation_file}: the validation split has no image (or pass --no-eval)")
+        elif self.options.evaluate and recipe["eval_every_epochs"]:
+            print("[train] evaluation off: the recipe has no validation data (val_data)")
+        self.write_data_problems(dataset, val_dataset)
         global_batch = recipe["batch_per_replica"] * self.strategy.num_replicas_in_sync
         steps = grouped_epoch_steps(dataset, global_batch)
         if self.options.steps_per_epoch:
@@ -178,7 +205,23 @@ class Trainer:
         stream = functools.partial(
             training_stream, dataset, recipe, global_batch, canvases, self.options.max_boxes, self.strategy
         )
-        return TrainingData(dataset, global_batch, steps, recipe["epochs"], canvases, stream)
+        return TrainingData(dataset, global_batch, steps, recipe["epochs"], canvases, stream, val_dataset)
+
+    @property
+    def evaluates(self):
+        """Whether the run evaluates on a validation split (evaluation on and validation data given)."""
+        options = self.options
+        return bool(options.evaluate and self.recipe["eval_every_epochs"] and options.data_paths["val_data"])
+
+    def write_data_problems(self, *datasets):
+        """The chief writes the problems of ``datasets`` (None entries skipped) to ``WORK_DIR/data_problems.txt``."""
+        lines = [f"{d.annotation_file}: {p}" for d in datasets if d is not None for p in d.problems]
+        if not lines or not self.chief:
+            return
+        path = self.options.work_dir / DATA_PROBLEMS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        print(f"[train] {len(lines)} problems found in the data (entries skipped or suspicious), listed in {path}")
 
     def build_schedule(self, data):
         """Stage 2: ``WarmupStepDecay`` at ``base_lr_per_16`` scaled to the global batch (linear rule)."""
@@ -295,13 +338,12 @@ class Trainer:
         )
         timer = StepTimer(data.global_batch_size)
         callbacks = [NonFiniteGuard(), LearningRateLogger(schedule)]
-        if options.evaluate and recipe["eval_every_epochs"]:
+        if data.val_dataset is not None:
             from gflv2_keras.evaluation.callback import CocoEvaluationCallback
 
             callbacks.append(
                 CocoEvaluationCallback(
-                    options.data_paths["val_annotations"],
-                    options.data_paths["val_images"],
+                    data.val_dataset,
                     every_n_epochs=recipe["eval_every_epochs"],
                     max_images=recipe["eval_max_images"],
                     output_json=str(work_dir / "detections" / "epoch_{epoch}.json") if self.chief else None,

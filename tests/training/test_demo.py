@@ -13,7 +13,7 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
     assert "epoch" in printed and "AP50" in printed and "held-out COCO AP" in printed
     assert os.path.getsize(tmp_path / "predictions.png") > 0
     assert os.path.isfile(tmp_path / "work_dir_quick" / "preset" / "model.weights.h5")
-    assert os.path.isfile(tmp_path / "curve.json")
+    assert os.path.isfile(tmp_path / "curve.json") and os.path.getsize(tmp_path / "curve.png") > 0
     # Running again into the same folder refuses (one line, exit 2) and leaves the run as it was.
     weights = (tmp_path / "work_dir_quick" / "preset" / "model.weights.h5").read_bytes()
     assert cli_main(["demo", "--quick", "--output", str(tmp_path)]) == 2

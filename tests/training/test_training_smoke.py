@@ -160,7 +160,7 @@ def test_train_cli_reports_missing_data_and_bad_options_in_one_line(tmp_path, ca
     assert cli_main(train) == 2
     error = capsys.readouterr().err
     assert re.fullmatch(
-        r"gflv2 train: error: \S*instances_train2017\.json does not exist \(recipe field 'train_annotations'.*\n", error
+        r"gflv2 train: error: \S*instances_train2017\.json does not exist \(recipe field 'train_data'.*\n", error
     )
     assert cli_main(train + ["--cpu-devices", "0"]) == 2
     assert re.fullmatch(
