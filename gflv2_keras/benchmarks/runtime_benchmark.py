@@ -147,7 +147,7 @@ def run_from_args(args):
         args.size[1],
         runtimes=[r for r in args.runtime.split(",") if r],
         warmup=args.warmup,
-        iterations=args.iterations,
+        iterations=getattr(args, "repeats", None) or args.iterations,  # main's cli names it dest="repeats"
         threads=args.threads,
         random_weights=args.random_weights,
     )
