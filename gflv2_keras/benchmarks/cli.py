@@ -21,10 +21,18 @@ def register(subparsers):
     parser.add_argument("--train-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     parser.add_argument("--train-batch", type=int, default=1)
     parser.add_argument("--skip-detector", action="store_true", help="skip the inference table")
+    parser.add_argument("--runtime", help="only compare detect latency of these runtimes (comma list of tf,"
+                        "onnxruntime,openvino,litert) at --size; see benchmarks/runtime_benchmark.py")
+    parser.add_argument("--threads", type=int, default=2, help="--runtime: intra-op threads of every runtime")
+    parser.add_argument("--random-weights", action="store_true", help="--runtime: do not load the preset's weights")
     parser.set_defaults(func=run)
 
 
 def run(args):
+    if args.runtime:
+        from gflv2_keras.benchmarks.runtime_benchmark import run_from_args
+
+        return run_from_args(args)
     from gflv2_keras.benchmarks.inference_benchmark import format_table, run_inference_benchmark
 
     if not args.skip_detector:

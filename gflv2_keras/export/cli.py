@@ -30,6 +30,8 @@ def register(subparsers):
                         help="onnx/litert/openvino: xyxy pixels (default) or yxyx normalised (TF OD API)")
     parser.add_argument("--weights", default="fp32",
                         help="fp32 (default); int8 dynamic-range (onnx, litert); fp16 (litert)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="saved_model: skip assets.extra/tf_serving_warmup_requests (TF Serving warm-up)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     parser.add_argument(
         "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
@@ -64,12 +66,17 @@ def run(args):
     print(f"[2/2] tracing and writing the SavedModel to {target}", flush=True)
     start = time.perf_counter()
     try:
-        path = export_saved_model(detector, output, version=args.version, overwrite=args.overwrite)
+        path = export_saved_model(
+            detector, output, version=args.version, overwrite=args.overwrite, warmup=args.warmup
+        )
     except FileExistsError as error:
         return _fail(str(error))
     seconds = time.perf_counter() - start
     print(f"done: {path} written in {seconds:.1f} s ({directory_size(path) / 2**20:.1f} MiB)")
-    print("signatures: serving_default (image_bytes: string [N]), image_tensor (image_tensor: uint8 [N, H, W, 3])")
+    print("signatures: serving_default (image_bytes: string [N]), image_tensor (image_tensor: uint8 [N, H, W, 3]),")
+    print("            tf_example (inputs: string [N], serialized tf.train.Example with image/encoded)")
+    if args.warmup:
+        print("warm-up: assets.extra/tf_serving_warmup_requests (one request per signature; --no-warmup to skip)")
     print("outputs: detection_boxes [N, K, 4] (x1, y1, x2, y2) original pixels, detection_scores [N, K],")
     print("         detection_classes [N, K] (0-based, -1 padding), num_detections [N]")
     print(_serving_instructions(output))

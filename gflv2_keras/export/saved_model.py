@@ -15,8 +15,14 @@ Signatures
 ``image_tensor``
     input ``image_tensor``: ``tf.uint8 [N, H, W, 3]`` RGB, one size per batch (as
     ``detector.predict``).
+``tf_example``
+    input ``inputs``: ``tf.string [N]``, serialized ``tf.train.Example`` protos whose feature
+    ``image/encoded`` holds an encoded image (decoded as for ``serving_default``; other
+    features are ignored). Signature and input names follow TF Model Garden's detection
+    export (``official/vision/serving/export_base.py``, ``input_type="tf_example"``, input
+    named after its ``inputs`` argument), so clients written for it can call this model.
 
-Both return, with ``K = detector.test_config["max_detections"]`` (100 by default):
+All return, with ``K = detector.test_config["max_detections"]`` (100 by default):
 
 =========================  =======  =========  =========================================
 output                     dtype    shape      meaning
@@ -73,9 +79,12 @@ except ImportError:  # a build without deformable convolutions has nothing to fo
 
 BYTES_SIGNATURE = "serving_default"
 TENSOR_SIGNATURE = "image_tensor"
+EXAMPLE_SIGNATURE = "tf_example"
 KERAS_ENDPOINT = "serve"  # TFSMLayer's default call_endpoint
 BYTES_INPUT = "image_bytes"
 TENSOR_INPUT = "image_tensor"
+EXAMPLE_INPUT = "inputs"  # Model Garden's name for the tf_example input
+EXAMPLE_IMAGE_FEATURE = "image/encoded"
 CUSTOM_OP_PREFIX = "GflDeform"
 
 
@@ -134,7 +143,11 @@ def _serving_functions(detector):
             image_tensor = tf.identity(image_tensor)
         return _serving_outputs(detect_batch(image_tensor), k, names)
 
-    return {"bytes": image_bytes, "tensor": image_tensor}
+    def tf_example(inputs):
+        features = {EXAMPLE_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)}
+        return image_bytes(tf.io.parse_example(inputs, features)[EXAMPLE_IMAGE_FEATURE])
+
+    return {"bytes": image_bytes, "tensor": image_tensor, "example": tf_example}
 
 
 def _build_export_archive(detector, keras_endpoint=False):
@@ -158,6 +171,8 @@ def _build_export_archive(detector, keras_endpoint=False):
     _track_tf_variables(archive)
     archive.add_endpoint(BYTES_SIGNATURE, bodies["bytes"], input_signature=bytes_spec)
     archive.add_endpoint(TENSOR_SIGNATURE, bodies["tensor"], input_signature=tensor_spec)
+    example_spec = [tf.TensorSpec([None], tf.string, name=EXAMPLE_INPUT)]
+    archive.add_endpoint(EXAMPLE_SIGNATURE, bodies["example"], input_signature=example_spec)
     if keras_endpoint:
         archive.add_endpoint(KERAS_ENDPOINT, bodies["tensor"], input_signature=tensor_spec)
     return archive
@@ -184,7 +199,7 @@ def _track_tf_variables(archive):
         setattr(trackable, name, unwrapped)
 
 
-def export_saved_model(detector, output_dir, version=1, overwrite=False):
+def export_saved_model(detector, output_dir, version=1, overwrite=False, warmup=True):
     """Write a TF Serving model version: ``output_dir/<version>/saved_model.pb`` + ``variables/``.
 
     ``output_dir`` is the model's base path (``/models/<name>`` inside the TF Serving
@@ -197,6 +212,9 @@ def export_saved_model(detector, output_dir, version=1, overwrite=False):
         output_dir: model base folder (created if missing).
         version: non-negative integer version number.
         overwrite: replace an existing ``<version>`` folder (otherwise ``FileExistsError``).
+        warmup: also write ``assets.extra/tf_serving_warmup_requests`` (one request per
+            signature, ``gflv2_keras.export.warmup``) so TF Serving runs each signature once
+            at load time and the first client request is not the slow one.
 
     Returns:
         ``Path`` of the version folder.
@@ -205,7 +223,23 @@ def export_saved_model(detector, output_dir, version=1, overwrite=False):
         raise ValueError(f"version must be a non-negative integer, got {version!r}")
     target = Path(output_dir) / str(version)
     _refuse_existing(target, overwrite)
-    return _write_atomically(_build_export_archive(detector), target, overwrite)
+    finish = _warmup_writer(Path(output_dir).resolve().name) if warmup else None
+    return _write_atomically(_build_export_archive(detector), target, overwrite, finish=finish)
+
+
+def signature_inputs():
+    """``{signature: (input name, kind)}`` of the TF Serving signatures (kinds: see ``warmup``)."""
+    return {
+        BYTES_SIGNATURE: (BYTES_INPUT, "bytes"),
+        TENSOR_SIGNATURE: (TENSOR_INPUT, "tensor"),
+        EXAMPLE_SIGNATURE: (EXAMPLE_INPUT, "example"),
+    }
+
+
+def _warmup_writer(model_name):
+    from gflv2_keras.export.warmup import write_warmup
+
+    return lambda directory: write_warmup(directory, signature_inputs(), model_name=model_name)
 
 
 def export_keras_archive(detector, path, overwrite=False):
@@ -258,8 +292,11 @@ def _write_archive(archive, directory):
         archive.write_out(str(directory), verbose=False)
 
 
-def _write_atomically(archive, target, overwrite):
-    """Write ``archive`` to a hidden sibling of ``target``, check it, then rename it into place."""
+def _write_atomically(archive, target, overwrite, finish=None):
+    """Write ``archive`` to a hidden sibling of ``target``, check it, then rename it into place.
+
+    ``finish(staging_dir)``, if given, adds files (e.g. warm-up requests) before the rename.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -271,6 +308,8 @@ def _write_atomically(archive, target, overwrite):
                 f"the exported graph contains custom op(s) {custom}, which TF Serving cannot load; "
                 "deformable convolutions must be traced with their portable implementation"
             )
+        if finish is not None:
+            finish(staging)
         _refuse_existing(target, overwrite)
         if target.exists():
             retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"

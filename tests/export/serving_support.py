@@ -33,6 +33,7 @@ CUSTOM_OP_PREFIX = "GflDeform"
 EXPECTED_INPUTS = {
     "serving_default": {"image_bytes": ("DT_STRING", (-1,))},
     "image_tensor": {"image_tensor": ("DT_UINT8", (-1, -1, -1, 3))},
+    "tf_example": {"inputs": ("DT_STRING", (-1,))},
 }
 
 

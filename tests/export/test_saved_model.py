@@ -228,7 +228,7 @@ def test_keras_archive_for_tfsm_layer(tmp_path):
     keras.utils.set_random_seed(3)
     probe = probe_detector(keras.layers.Conv2D(4, 3, padding="same"))
     path = export_keras_archive(probe, tmp_path / "archive")
-    assert set(tf.saved_model.load(str(path)).signatures) == {"serve", "serving_default", "image_tensor"}
+    assert set(tf.saved_model.load(str(path)).signatures) == {"serve", "serving_default", "image_tensor", "tf_example"}
     assert stored_values(path) == weight_count(probe)
     images = np.stack([pattern(20, 27, 8), pattern(20, 27, 9)])
     expected = probe.detect_batch(tf.constant(images), "xyxy")["confidence"]
