@@ -31,6 +31,9 @@ def register(subparsers):
     parser.add_argument("--weights", default="fp32",
                         help="fp32 (default); int8 dynamic-range (onnx, litert); fp16 (litert)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+    parser.add_argument("--box-distributions", action="store_true",
+                        help="saved_model: also output each box's classification probability, quality and side "
+                        "distributions (docs/box_uncertainty.md)")
     parser.add_argument(
         "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
     )
@@ -43,6 +46,8 @@ def run(args):
     if args.format not in FORMATS:
         return _fail(f"unknown --format {args.format!r}; valid: {', '.join(FORMATS)}")
     if args.format != "saved_model":
+        if args.box_distributions:
+            return _fail(f"--box-distributions is available for --format saved_model only, not {args.format}")
         return _run_portable(args)
     output = Path(args.output)
     if args.version < 0:
@@ -64,7 +69,9 @@ def run(args):
     print(f"[2/2] tracing and writing the SavedModel to {target}", flush=True)
     start = time.perf_counter()
     try:
-        path = export_saved_model(detector, output, version=args.version, overwrite=args.overwrite)
+        path = export_saved_model(
+            detector, output, version=args.version, overwrite=args.overwrite, box_distributions=args.box_distributions
+        )
     except FileExistsError as error:
         return _fail(str(error))
     seconds = time.perf_counter() - start
@@ -72,6 +79,9 @@ def run(args):
     print("signatures: serving_default (image_bytes: string [N]), image_tensor (image_tensor: uint8 [N, H, W, 3])")
     print("outputs: detection_boxes [N, K, 4] (x1, y1, x2, y2) original pixels, detection_scores [N, K],")
     print("         detection_classes [N, K] (0-based, -1 padding), num_detections [N]")
+    if args.box_distributions:
+        print("         detection_classification, detection_quality (GFLv2), detection_side_offsets, detection_side_std,")
+        print("         detection_side_topk_mass, detection_side_distributions, detection_bin_widths, detection_anchor_points")
     print(_serving_instructions(output))
     return 0
 

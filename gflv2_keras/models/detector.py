@@ -118,7 +118,8 @@ class GFLV2Detector(keras.Model):
         self.strides = STRIDES
         # Created here, not in compute_loss: Keras forbids new state once the model is built.
         self._loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
-        self._detect_fns = {}  # one tf.function per output format, built by ``detect``
+        self._detect_fns = {}  # one tf.function per (output format, box distributions), built by ``detect``
+        self._predict_box_distributions = False  # set by ``predict`` for ``predict_step``
 
     # ------------------------------------------------------------------ forward
     def call(self, images, training=None):
@@ -229,23 +230,48 @@ class GFLV2Detector(keras.Model):
         return metrics + [m for m in self._loss_trackers.values() if all(m is not n for n in metrics)]
 
     # ------------------------------------------------------------------ inference
+    def predict(self, x, *args, return_box_distributions=False, **kwargs):
+        """``keras.Model.predict`` of uint8 RGB images (see the class docstring).
+
+        Args:
+            return_box_distributions: also return, per kept detection, its classification
+                probability, DGQP quality and side distributions (the keys of ``detect_batch``).
+            Other arguments: those of ``keras.Model.predict``.
+        """
+        if bool(return_box_distributions) != self._predict_box_distributions:
+            self._predict_box_distributions = bool(return_box_distributions)
+            self.predict_function = None  # Keras caches the traced predict step
+        return super().predict(x, *args, **kwargs)
+
     def predict_step(self, data):
         """uint8 RGB ``[B, H, W, 3]`` (one size) → padded detections of the original images."""
         images = data[0] if isinstance(data, (tuple, list)) else data
-        return self.detect_batch(images)
+        return self.detect_batch(images, return_box_distributions=self._predict_box_distributions)
 
-    def detect_batch(self, images, bounding_box_format=None):
+    def detect_batch(self, images, bounding_box_format=None, return_box_distributions=False):
         """Preprocess, run and post-process a batch of equally sized uint8 images (graph-safe).
 
         Args:
             images: uint8 RGB ``[B, H, W, 3]``.
             bounding_box_format: format of the returned boxes; ``None`` means the detector's
                 ``bounding_box_format`` (the SavedModel export asks for ``"xyxy"``).
+            return_box_distributions: also return what the head knew about each kept box,
+                computed after NMS for the kept detections only (off by default; see
+                ``docs/box_uncertainty.md``).
 
         Returns:
             ``{"boxes": [B, K, 4] of the original images, "confidence": [B, K], "labels": [B, K]
             int32, "num_detections": [B] int32}`` with ``K = max_detections``; rows past
-            ``num_detections`` are -1 in every field.
+            ``num_detections`` are -1 in every field. With ``return_box_distributions``, also
+            (float32, sides ordered left, top, right, bottom, pixels of the ORIGINAL image
+            whatever ``bounding_box_format``; ``ops.box_distributions.kept_box_distributions``):
+            ``"classification" [B, K]`` class probability, ``"quality" [B, K]`` DGQP quality
+            (GFLv2 only; ``confidence = classification * quality``), ``"side_offsets" [B, K, 4]``
+            expected anchor-to-side distances (what the box uses), ``"side_std" [B, K, 4]``
+            their standard deviations, ``"side_topk_mass" [B, K, 4]`` mass of the top-``reg_topk``
+            bins (what DGQP reads), ``"side_distributions" [B, K, 4, reg_max + 1]`` bin
+            probabilities, ``"bin_widths" [B, K, 4]`` one bin in pixels, ``"anchor_points"
+            [B, K, 2]`` ``(x, y)``.
         """
         fmt = self.bounding_box_format if bounding_box_format is None else validate_bounding_box_format(
             bounding_box_format
@@ -264,6 +290,7 @@ class GFLV2Detector(keras.Model):
             num_classes=self.num_classes,
             reg_max=self.reg_max,
             **self.test_config,
+            **(self._box_distribution_options() if return_box_distributions else {}),
         )
         if fmt != "xyxy":
             original_h, original_w = _static_hw(images)
@@ -271,35 +298,46 @@ class GFLV2Detector(keras.Model):
             detections["boxes"] = ops.where(detections["labels"][..., None] >= 0, boxes, -1.0)
         return detections
 
-    def detect(self, image, bounding_box_format=None):
+    def _box_distribution_options(self):
+        """``postprocess`` arguments of the optional box-distribution outputs."""
+        options = {"return_box_distributions": True, "reg_topk": self.head.reg_topk}
+        if self.head.use_dgqp:
+            # The head's own DGQP on the kept points' logits, viewed as a [B, K, 1] feature map.
+            options["quality_fn"] = lambda logits: self.head.quality(logits[:, :, None, :])[:, :, 0, 0]
+        return options
+
+    def detect(self, image, bounding_box_format=None, return_box_distributions=False):
         """Detect objects in one image.
 
         Args:
             image: uint8 RGB ``[H, W, 3]`` NumPy array (any size).
             bounding_box_format: format of the returned boxes (``None``: the detector's).
+            return_box_distributions: also return the extra keys of ``detect_batch``.
 
         Returns:
-            ``{"boxes": [K, 4] of the original image, "confidence": [K], "labels": [K] int}`` NumPy.
+            ``{"boxes": [K, 4] of the original image, "confidence": [K], "labels": [K] int}`` NumPy,
+            plus, with ``return_box_distributions``, the extra keys of ``detect_batch`` without
+            the batch axis (``"side_std": [K, 4]``, ...).
         """
         image = validate_image(image)
         fmt = self.bounding_box_format if bounding_box_format is None else validate_bounding_box_format(
             bounding_box_format
         )
-        if fmt not in self._detect_fns:
+        with_distributions = bool(return_box_distributions)
+        key = f"{fmt}+box_distributions" if with_distributions else fmt  # string keys: Keras tracks this dict
+        if key not in self._detect_fns:
             import tensorflow as tf
 
-            self._detect_fns[fmt] = tf.function(
-                lambda images: self.detect_batch(images, fmt),
+            self._detect_fns[key] = tf.function(
+                lambda images: self.detect_batch(images, fmt, return_box_distributions=with_distributions),
                 input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
                 reduce_retracing=True,
             )
-        out = {k: np.asarray(v) for k, v in self._detect_fns[fmt](image[None]).items()}
-        count = int(out["num_detections"][0])
-        return {
-            "boxes": out["boxes"][0, :count],
-            "confidence": out["confidence"][0, :count],
-            "labels": out["labels"][0, :count].astype(np.int64),
-        }
+        out = {k: np.asarray(v) for k, v in self._detect_fns[key](image[None]).items()}
+        count = int(out.pop("num_detections")[0])
+        found = {k: v[0, :count] for k, v in out.items()}
+        found["labels"] = found["labels"].astype(np.int64)
+        return found
 
     # ------------------------------------------------------------------ presets
     @classmethod
