@@ -32,7 +32,7 @@ OPPOSITE = (2, 3, 0, 1)
 EXPERIMENT_SPLIT = 7  # image_rng stream no demo split uses (train 0, val 1)
 
 
-def blur_side(image, box, side, sigma=4.0, half_width=10):
+def blur_side(image, box, side, sigma=8.0, half_width=16):
     """Gaussian-blur a band of ``2 * half_width`` pixels centred on one side of ``box``.
 
     Args:
@@ -75,7 +75,7 @@ def match_detection(found, box, label, min_iou=0.5):
     return int(np.argmax(np.where(ok, found["confidence"], -np.inf)))
 
 
-def run_experiment(detector, num_images=100, seed=0, sigma=4.0, half_width=10, min_size=24):
+def run_experiment(detector, num_images=100, seed=0, sigma=8.0, half_width=16, min_size=24):
     """The measurement of the module docstring; returns a dict of shares and per-image rows."""
     from gflv2_keras.data.synthetic import render_image
     from gflv2_keras.training.demo import DEMO_DATA
@@ -137,8 +137,8 @@ def main(argv=None):
     parser.add_argument("--work", default="box_uncertainty_demo", help="demo output folder with --train-epochs")
     parser.add_argument("--num-images", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sigma", type=float, default=4.0, help="Gaussian blur radius in pixels (4)")
-    parser.add_argument("--half-width", type=int, default=10, help="half width of the blurred band in pixels (10)")
+    parser.add_argument("--sigma", type=float, default=8.0, help="Gaussian blur radius in pixels (8)")
+    parser.add_argument("--half-width", type=int, default=16, help="half width of the blurred band in pixels (16)")
     parser.add_argument("--output", help="write the result JSON here (a new file)")
     args = parser.parse_args(argv)
     if args.output and Path(args.output).exists():
