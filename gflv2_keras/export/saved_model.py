@@ -116,6 +116,12 @@ def _distribution_shapes(detector):
     return shapes
 
 
+def _distribution_options(box_distributions):
+    """Keyword arguments asking for the box distributions; none by default, so the default export
+    calls ``detect_batch`` (and ``_build_export_archive``) exactly as before the option existed."""
+    return {"return_box_distributions": True} if box_distributions else {}
+
+
 def _serving_outputs(detections, max_detections, class_names, extra_shapes=None):
     """Detector output dict → the documented signature outputs (fixed static shapes).
 
@@ -149,10 +155,9 @@ def _serving_functions(detector, box_distributions=False):
     k = int(detector.test_config["max_detections"])
     names = detector.class_names
     extra = _distribution_shapes(detector) if box_distributions else {}
+    options = _distribution_options(box_distributions)
     detect_batch = tf.function(
-        lambda images: detector.detect_batch(
-            images, bounding_box_format="xyxy", return_box_distributions=box_distributions
-        ),
+        lambda images: detector.detect_batch(images, bounding_box_format="xyxy", **options),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
         autograph=False,
     )
@@ -185,7 +190,7 @@ def _serving_functions(detector, box_distributions=False):
     return {"bytes": image_bytes, "tensor": image_tensor}
 
 
-def _build_export_archive(detector, keras_endpoint=False, box_distributions=False):
+def _build_export_archive(detector, keras_endpoint=False, return_box_distributions=False):
     """A ``keras.export.ExportArchive`` with the endpoints of the module docstring (untraced).
 
     Tracing happens when the archive is written; ``_write_archive`` does that inside
@@ -195,11 +200,11 @@ def _build_export_archive(detector, keras_endpoint=False, box_distributions=Fals
         detector: a ``GFLV2Detector`` (built here if needed; its current weights are exported).
         keras_endpoint: also add ``"serve"`` (uint8 images, like ``image_tensor``), the
             endpoint ``keras.layers.TFSMLayer`` calls by default.
-        box_distributions: add the box-distribution outputs (module docstring).
+        return_box_distributions: add the box-distribution outputs (module docstring).
     """
     if not detector.built or not detector.weights:
         detector.build_for_inference()
-    bodies = _serving_functions(detector, box_distributions)
+    bodies = _serving_functions(detector, return_box_distributions)
     bytes_spec = [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]
     tensor_spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name=TENSOR_INPUT)]
     archive = keras.export.ExportArchive()
@@ -255,7 +260,8 @@ def export_saved_model(detector, output_dir, version=1, overwrite=False, box_dis
         raise ValueError(f"version must be a non-negative integer, got {version!r}")
     target = Path(output_dir) / str(version)
     _refuse_existing(target, overwrite)
-    return _write_atomically(_build_export_archive(detector, box_distributions=box_distributions), target, overwrite)
+    archive = _build_export_archive(detector, **_distribution_options(box_distributions))
+    return _write_atomically(archive, target, overwrite)
 
 
 def export_keras_archive(detector, path, overwrite=False, box_distributions=False):
@@ -276,7 +282,7 @@ def export_keras_archive(detector, path, overwrite=False, box_distributions=Fals
     """
     target = Path(path)
     _refuse_existing(target, overwrite)
-    archive = _build_export_archive(detector, keras_endpoint=True, box_distributions=box_distributions)
+    archive = _build_export_archive(detector, keras_endpoint=True, **_distribution_options(box_distributions))
     return _write_atomically(archive, target, overwrite)
 
 
