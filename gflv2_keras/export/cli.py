@@ -33,6 +33,9 @@ def register(subparsers):
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="saved_model: skip assets.extra/tf_serving_warmup_requests (TF Serving warm-up)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+    parser.add_argument("--box-distributions", action="store_true",
+                        help="saved_model: also output each box's classification probability, quality and side "
+                        "distributions (docs/box_uncertainty.md)")
     parser.add_argument(
         "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
     )
@@ -45,6 +48,8 @@ def run(args):
     if args.format not in FORMATS:
         return _fail(f"unknown --format {args.format!r}; valid: {', '.join(FORMATS)}")
     if args.format != "saved_model":
+        if args.box_distributions:
+            return _fail(f"--box-distributions is available for --format saved_model only, not {args.format}")
         return _run_portable(args)
     output = Path(args.output)
     if args.version < 0:
@@ -67,7 +72,12 @@ def run(args):
     start = time.perf_counter()
     try:
         path = export_saved_model(
-            detector, output, version=args.version, overwrite=args.overwrite, warmup=args.warmup
+            detector,
+            output,
+            version=args.version,
+            overwrite=args.overwrite,
+            warmup=args.warmup,
+            box_distributions=args.box_distributions,
         )
     except FileExistsError as error:
         return _fail(str(error))
@@ -79,6 +89,9 @@ def run(args):
         print("warm-up: assets.extra/tf_serving_warmup_requests (one request per signature; --no-warmup to skip)")
     print("outputs: detection_boxes [N, K, 4] (x1, y1, x2, y2) original pixels, detection_scores [N, K],")
     print("         detection_classes [N, K] (0-based, -1 padding), num_detections [N]")
+    if args.box_distributions:
+        print("         detection_classification, detection_quality (GFLv2), detection_side_offsets, detection_side_std,")
+        print("         detection_side_topk_mass, detection_side_distributions, detection_bin_widths, detection_anchor_points")
     print(_serving_instructions(output))
     return 0
 

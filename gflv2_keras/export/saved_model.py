@@ -36,6 +36,26 @@ output                     dtype    shape      meaning
 
 Rows past ``num_detections`` are padding: -1 in boxes, scores and classes, ``""`` in names.
 
+**Box distributions (opt-in).** Exported with ``box_distributions=True`` (CLI
+``gflv2 export --box-distributions``), both signatures also return what the head knew about
+each kept box (``GFLV2Detector.detect_batch(..., return_box_distributions=True)``; sides
+ordered left, top, right, bottom; pixels of the image as sent; ``R = reg_max``;
+``docs/box_uncertainty.md``):
+
+==================================  =======  ==============  ======================================
+output                              dtype    shape           meaning
+==================================  =======  ==============  ======================================
+``detection_classification``        float32  [N, K]          class probability ``sigmoid(cls)``
+``detection_quality``               float32  [N, K]          DGQP quality (GFLv2 only);
+                                                             score = classification x quality
+``detection_side_offsets``          float32  [N, K, 4]       expected anchor-to-side distance
+``detection_side_std``              float32  [N, K, 4]       its standard deviation
+``detection_side_topk_mass``        float32  [N, K, 4]       mass of the top-``reg_topk`` bins
+``detection_side_distributions``    float32  [N, K, 4, R+1]  bin probabilities
+``detection_bin_widths``            float32  [N, K, 4]       one bin in pixels
+``detection_anchor_points``         float32  [N, K, 2]       ``(x, y)`` of the anchor point
+==================================  =======  ==============  ======================================
+
 **Box order.** Boxes are ``xyxy = (x1, y1, x2, y2)`` in absolute pixels of the image as it
 was sent, the same as ``detector.predict`` / ``detect``. This differs from the TF Object
 Detection API, whose ``detection_boxes`` are normalised ``(ymin, xmin, ymax, xmax)``; convert
@@ -88,8 +108,35 @@ EXAMPLE_IMAGE_FEATURE = "image/encoded"
 CUSTOM_OP_PREFIX = "GflDeform"
 
 
-def _serving_outputs(detections, max_detections, class_names):
-    """Detector output dict → the documented signature outputs (fixed static shapes)."""
+def _distribution_shapes(detector):
+    """Per-image shapes of the optional box-distribution outputs, by ``detect_batch`` key."""
+    k, bins = int(detector.test_config["max_detections"]), detector.reg_max + 1
+    shapes = {
+        "classification": [k],
+        "side_offsets": [k, 4],
+        "side_std": [k, 4],
+        "side_topk_mass": [k, 4],
+        "side_distributions": [k, 4, bins],
+        "bin_widths": [k, 4],
+        "anchor_points": [k, 2],
+    }
+    if detector.head.use_dgqp:
+        shapes["quality"] = [k]
+    return shapes
+
+
+def _distribution_options(box_distributions):
+    """Keyword arguments asking for the box distributions; none by default, so the default export
+    calls ``detect_batch`` (and ``_build_export_archive``) exactly as before the option existed."""
+    return {"return_box_distributions": True} if box_distributions else {}
+
+
+def _serving_outputs(detections, max_detections, class_names, extra_shapes=None):
+    """Detector output dict → the documented signature outputs (fixed static shapes).
+
+    ``extra_shapes``: per-image shapes of the box-distribution keys to add as
+    ``detection_<key>`` (``_distribution_shapes``), or ``None``.
+    """
     k = max_detections
     classes = tf.ensure_shape(tf.cast(detections["labels"], tf.int32), [None, k])
     outputs = {
@@ -101,20 +148,25 @@ def _serving_outputs(detections, max_detections, class_names):
     if class_names:
         names = tf.constant([str(name) for name in class_names] + [""])
         outputs["detection_class_names"] = tf.gather(names, tf.where(classes < 0, len(class_names), classes))
+    for key, shape in (extra_shapes or {}).items():
+        outputs[f"detection_{key}"] = tf.ensure_shape(tf.cast(detections[key], tf.float32), [None] + shape)
     return outputs
 
 
-def _serving_functions(detector):
+def _serving_functions(detector, box_distributions=False):
     """Endpoint bodies by name; their argument names become the signature input names.
 
     Both call one shared ``tf.function`` around ``detector.detect_batch`` (asked for xyxy
     boxes whatever the detector's ``bounding_box_format``: the signatures have their own
     layout), so the network is traced once per tracing context instead of once per endpoint.
+    ``box_distributions`` adds the outputs of ``_distribution_shapes``.
     """
     k = int(detector.test_config["max_detections"])
     names = detector.class_names
+    extra = _distribution_shapes(detector) if box_distributions else {}
+    options = _distribution_options(box_distributions)
     detect_batch = tf.function(
-        lambda images: detector.detect_batch(images, bounding_box_format="xyxy"),
+        lambda images: detector.detect_batch(images, bounding_box_format="xyxy", **options),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
         autograph=False,
     )
@@ -123,6 +175,7 @@ def _serving_functions(detector):
         "confidence": tf.TensorSpec([k], tf.float32),
         "labels": tf.TensorSpec([k], tf.int32),
         "num_detections": tf.TensorSpec([], tf.int32),
+        **{key: tf.TensorSpec(shape, tf.float32) for key, shape in extra.items()},
     }
 
     def detect_one(encoded):
@@ -134,14 +187,14 @@ def _serving_functions(detector):
         # One image per iteration: each runs the full network at up to the preset's input
         # scale, so bounding peak memory matters more than overlapping iterations.
         detections = tf.map_fn(detect_one, image_bytes, fn_output_signature=per_image_spec, parallel_iterations=1)
-        return _serving_outputs(detections, k, names)
+        return _serving_outputs(detections, k, names, extra)
 
     def image_tensor(image_tensor):
         size = tf.shape(image_tensor)[1:3]
         check = tf.debugging.assert_positive(size, message="image_tensor: height and width must be positive")
         with tf.control_dependencies([check]):
             image_tensor = tf.identity(image_tensor)
-        return _serving_outputs(detect_batch(image_tensor), k, names)
+        return _serving_outputs(detect_batch(image_tensor), k, names, extra)
 
     def tf_example(inputs):
         features = {EXAMPLE_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)}
@@ -150,7 +203,7 @@ def _serving_functions(detector):
     return {"bytes": image_bytes, "tensor": image_tensor, "example": tf_example}
 
 
-def _build_export_archive(detector, keras_endpoint=False):
+def _build_export_archive(detector, keras_endpoint=False, return_box_distributions=False):
     """A ``keras.export.ExportArchive`` with the endpoints of the module docstring (untraced).
 
     Tracing happens when the archive is written; ``_write_archive`` does that inside
@@ -160,10 +213,11 @@ def _build_export_archive(detector, keras_endpoint=False):
         detector: a ``GFLV2Detector`` (built here if needed; its current weights are exported).
         keras_endpoint: also add ``"serve"`` (uint8 images, like ``image_tensor``), the
             endpoint ``keras.layers.TFSMLayer`` calls by default.
+        return_box_distributions: add the box-distribution outputs (module docstring).
     """
     if not detector.built or not detector.weights:
         detector.build_for_inference()
-    bodies = _serving_functions(detector)
+    bodies = _serving_functions(detector, return_box_distributions)
     bytes_spec = [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]
     tensor_spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name=TENSOR_INPUT)]
     archive = keras.export.ExportArchive()
@@ -199,7 +253,7 @@ def _track_tf_variables(archive):
         setattr(trackable, name, unwrapped)
 
 
-def export_saved_model(detector, output_dir, version=1, overwrite=False, warmup=True):
+def export_saved_model(detector, output_dir, version=1, overwrite=False, warmup=True, box_distributions=False):
     """Write a TF Serving model version: ``output_dir/<version>/saved_model.pb`` + ``variables/``.
 
     ``output_dir`` is the model's base path (``/models/<name>`` inside the TF Serving
@@ -215,6 +269,7 @@ def export_saved_model(detector, output_dir, version=1, overwrite=False, warmup=
         warmup: also write ``assets.extra/tf_serving_warmup_requests`` (one request per
             signature, ``gflv2_keras.export.warmup``) so TF Serving runs each signature once
             at load time and the first client request is not the slow one.
+        box_distributions: add the box-distribution outputs (module docstring); off by default.
 
     Returns:
         ``Path`` of the version folder.
@@ -224,7 +279,8 @@ def export_saved_model(detector, output_dir, version=1, overwrite=False, warmup=
     target = Path(output_dir) / str(version)
     _refuse_existing(target, overwrite)
     finish = _warmup_writer(Path(output_dir).resolve().name) if warmup else None
-    return _write_atomically(_build_export_archive(detector), target, overwrite, finish=finish)
+    archive = _build_export_archive(detector, **_distribution_options(box_distributions))
+    return _write_atomically(archive, target, overwrite, finish=finish)
 
 
 def signature_inputs():
@@ -242,7 +298,7 @@ def _warmup_writer(model_name):
     return lambda directory: write_warmup(directory, signature_inputs(), model_name=model_name)
 
 
-def export_keras_archive(detector, path, overwrite=False):
+def export_keras_archive(detector, path, overwrite=False, box_distributions=False):
     """Write an inference-only SavedModel at ``path`` for ``keras.layers.TFSMLayer`` users.
 
     Same graph and signatures as ``export_saved_model`` plus the ``"serve"`` endpoint
@@ -253,14 +309,15 @@ def export_keras_archive(detector, path, overwrite=False):
 
     Each returns the dict of outputs documented in this module. A TF Serving version folder
     written by ``export_saved_model`` also works with ``call_endpoint="serving_default"`` or
-    ``"image_tensor"``.
+    ``"image_tensor"``. ``box_distributions`` adds the box-distribution outputs.
 
     Returns:
         ``Path`` of the written folder.
     """
     target = Path(path)
     _refuse_existing(target, overwrite)
-    return _write_atomically(_build_export_archive(detector, keras_endpoint=True), target, overwrite)
+    archive = _build_export_archive(detector, keras_endpoint=True, **_distribution_options(box_distributions))
+    return _write_atomically(archive, target, overwrite)
 
 
 def saved_model_op_types(path):

@@ -9,6 +9,19 @@ The JSON boxes are always xyxy pixels of the original image, whatever the preset
 ``bounding_box_format`` (a file format is fixed; the detector's format is a Python-API choice).
 ``label`` is the 0-based class id, ``class_name`` its name (``null`` without names).
 
+``--box-uncertainty`` adds to each detection what the head knew about its box (pixels of the
+original image; ``docs/box_uncertainty.md``)::
+
+    "classification": class probability, "quality": DGQP quality (GFLv2; confidence =
+    classification x quality), "anchor_point": [x, y],
+    "sides": {"left" | "top" | "right" | "bottom": {"offset": expected distance from the anchor
+              point, "std": its standard deviation, "topk_mass": mass of the top-4 bins,
+              "bin_width": one bin in pixels, "distribution": [reg_max + 1 bin probabilities]
+              (only with --box-distributions)}}
+
+and shades +-1 std across each drawn edge. ``--explain INDEX`` writes ``STEM_explain.png``, the
+four side distributions of detection ``INDEX`` (0-based, in the JSON's order).
+
 ``--model`` runs an ONNX / LiteRT / OpenVINO export (``gflv2 export --format ...``) in its own
 runtime (``gflv2_keras.export.runtimes``); pictures and JSON are the same as with a preset.
 """
@@ -49,6 +62,13 @@ def register(subparsers):
         "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
     )
     add_precision_argument(parser)
+    parser.add_argument("--box-uncertainty", action="store_true",
+                        help="add each box's classification, quality and per-side uncertainty to the JSON and draw "
+                        "+-1 std bands across the edges (--preset only)")
+    parser.add_argument("--box-distributions", action="store_true",
+                        help="with --box-uncertainty: also write each side's full bin distribution")
+    parser.add_argument("--explain", type=int, metavar="INDEX",
+                        help="write STEM_explain.png: the side distributions of detection INDEX (0-based, --preset only)")
     parser.set_defaults(func=run)
 
 
@@ -66,8 +86,16 @@ def run(args):
     stems = plan_output_stems(paths)
     check_output_folder(args.inputs, output, stems, args.overwrite)
 
-    from gflv2_keras.inference.draw import draw_detections
+    from gflv2_keras.inference.draw import draw_detections, draw_side_bands, draw_side_distributions
 
+    uncertainty = args.box_uncertainty or args.box_distributions
+    wants_distributions = uncertainty or args.explain is not None
+    if wants_distributions and args.model:
+        raise UserError(
+            "--box-uncertainty, --box-distributions and --explain need --preset (exported runtimes output detections only)"
+        )
+    if args.explain is not None and args.explain < 0:
+        raise UserError(f"--explain must be a detection index >= 0, got {args.explain}")
     detector = _load(args)
     names = detector.class_names
     output.mkdir(parents=True, exist_ok=True)
@@ -81,8 +109,12 @@ def run(args):
             continue
         for note in loaded.notes:
             print(f"[{index}/{len(paths)}] note: {path}: {note}")
-        detections = detector.detect(loaded.pixels, bounding_box_format="xyxy")
-        picture = draw_detections(loaded.pixels, detections, names, args.draw_threshold)
+        if wants_distributions:
+            detections = detector.detect(loaded.pixels, bounding_box_format="xyxy", return_box_distributions=True)
+        else:
+            detections = detector.detect(loaded.pixels, bounding_box_format="xyxy")
+        shown = draw_side_bands(loaded.pixels, detections, args.draw_threshold) if uncertainty else loaded.pixels
+        picture = draw_detections(shown, detections, names, args.draw_threshold)
         record = {
             "file": str(path),
             "height": int(loaded.pixels.shape[0]),
@@ -98,6 +130,20 @@ def run(args):
                 for box, score, label in zip(detections["boxes"], detections["confidence"], detections["labels"])
             ],
         }
+        if uncertainty:
+            for i, entry in enumerate(record["detections"]):
+                entry.update(_uncertainty_record(detections, i, args.box_distributions))
+        if args.explain is not None:
+            if args.explain < len(detections["boxes"]):
+                one = {key: value[args.explain] for key, value in detections.items()}
+                label = int(one["labels"])
+                title = (f"#{args.explain} {names[label] if names else label}  confidence {one['confidence']:.3f}"
+                         + (f" = {one['classification']:.3f} x quality {one['quality']:.3f}" if "quality" in one else ""))  # fmt: skip
+                explained = draw_side_distributions(one, title)
+                atomic_write(output / f"{stem}_explain.png", lambda f: explained.save(f, "PNG"))
+            else:
+                print(f"[{index}/{len(paths)}] note: {path}: --explain {args.explain}: only "
+                      f"{len(detections['boxes'])} detections, no explanation written")  # fmt: skip
         # Each file appears complete or not at all, even if the run is interrupted.
         atomic_write(output / f"{stem}.jpg", lambda f: picture.save(f, "JPEG", quality=92))
         atomic_write(output / f"{stem}.json", lambda f: f.write(json.dumps(record, indent=1).encode()))
@@ -137,6 +183,27 @@ def check_output_folder(inputs, output, stems, overwrite):
     if existing and not overwrite:
         shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
         raise UserError(f"{len(existing)} output file(s) already exist ({shown}); pass --overwrite to replace them")
+def _uncertainty_record(detections, i, with_distribution):
+    """The ``--box-uncertainty`` JSON fields of detection ``i`` (see the module docstring)."""
+    from gflv2_keras.ops.box_distributions import SIDES
+
+    entry = {"classification": round(float(detections["classification"][i]), 5)}
+    if "quality" in detections:
+        entry["quality"] = round(float(detections["quality"][i]), 5)
+    entry["anchor_point"] = [round(float(v), 2) for v in detections["anchor_points"][i]]
+    sides = {}
+    for s, name in enumerate(SIDES):
+        side = {
+            "offset": round(float(detections["side_offsets"][i, s]), 3),
+            "std": round(float(detections["side_std"][i, s]), 3),
+            "topk_mass": round(float(detections["side_topk_mass"][i, s]), 4),
+            "bin_width": round(float(detections["bin_widths"][i, s]), 4),
+        }
+        if with_distribution:
+            side["distribution"] = [round(float(p), 5) for p in detections["side_distributions"][i, s]]
+        sides[name] = side
+    entry["sides"] = sides
+    return entry
 
 
 def _load(args):

@@ -131,6 +131,7 @@ class GFLV2Detector(keras.Model):
         self.strides = STRIDES
         # Created here, not in compute_loss: Keras forbids new state once the model is built.
         self._loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        self._predict_box_distributions = False  # set by ``predict`` for ``predict_step`` (Keras' loop)
 
     # ------------------------------------------------------------------ forward
     def call(self, images, training=None):
@@ -310,9 +311,9 @@ class GFLV2Detector(keras.Model):
     def predict_step(self, data):
         """uint8 RGB ``[B, H, W, 3]`` (one size) → padded detections of the original images."""
         images = data[0] if isinstance(data, (tuple, list)) else data
-        return self.detect_batch(images)
+        return self.detect_batch(images, return_box_distributions=self._predict_box_distributions)
 
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, return_box_distributions=False):
         """``keras.Model.predict``; images given as arrays take the compiled path of ``detect``.
 
         Args:
@@ -322,6 +323,8 @@ class GFLV2Detector(keras.Model):
                 (float pixels, one image without its batch axis, 4 channels, an empty batch)
                 raise a ``ValueError`` saying what is expected.
             batch_size: images per compiled call for a ``[B, H, W, 3]`` array (default 32).
+            return_box_distributions: also return the per-detection classification, quality and
+                side-distribution statistics of ``detect_batch`` (computed after NMS).
 
         Returns:
             NumPy ``{"boxes" [B, K, 4] float32, "confidence" [B, K] float32, "labels" [B, K]
@@ -330,22 +333,27 @@ class GFLV2Detector(keras.Model):
         """
         if isinstance(x, (list, tuple)) and x and all(_is_array(item) for item in x):
             images = [validate_image(item, f"x[{i}]") for i, item in enumerate(x)]
-            parts = [self._predict_array(image[None], 1) for image in images]
+            parts = [self._predict_array(image[None], 1, return_box_distributions) for image in images]
             return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
         if steps is None and callbacks is None and _is_array(x):
-            return self._predict_array(validate_batch(x), batch_size or 32)
+            return self._predict_array(validate_batch(x), batch_size or 32, return_box_distributions)
+        if bool(return_box_distributions) != self._predict_box_distributions:
+            self._predict_box_distributions = bool(return_box_distributions)
+            self.predict_function = None  # Keras caches the traced predict_step
         return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
 
-    def _predict_array(self, images, batch_size):
+    def _predict_array(self, images, batch_size, return_box_distributions=False):
         """uint8 ``[B, H, W, 3]`` through the per-canvas compiled function, ``batch_size`` at a time."""
         canvas = canvas_size(int(images.shape[1]), int(images.shape[2]), self.input_scale)
         parts = [
-            self._inference_functions(images[i : i + batch_size], canvas, self.bounding_box_format)
+            self._inference_functions(
+                images[i : i + batch_size], canvas, self.bounding_box_format, return_box_distributions
+            )
             for i in range(0, int(images.shape[0]), batch_size)
         ]
         return {key: np.concatenate([np.asarray(part[key]) for part in parts]) for key in parts[0]}
 
-    def detect_batch(self, images, bounding_box_format=None, canvas=None):
+    def detect_batch(self, images, bounding_box_format=None, canvas=None, return_box_distributions=False):
         """Preprocess, run and post-process a batch of equally sized uint8 images (graph-safe).
 
         Args:
@@ -354,15 +362,27 @@ class GFLV2Detector(keras.Model):
                 ``bounding_box_format`` (the SavedModel export asks for ``"xyxy"``).
             canvas: the static padded network size ``(Hp, Wp)`` (``preprocessing.canvas_size``);
                 ``None`` uses it when ``H`` and ``W`` are static, else pads in the graph (export).
+            return_box_distributions: also return what the head knew about each kept box,
+                computed after NMS for the kept detections only (off by default; see
+                ``docs/box_uncertainty.md``).
 
         The network runs with frozen BatchNorms folded into their convolutions and, with a
         static canvas, under XLA when ``inference_jit`` says so (``models.fast_inference``).
         Decoding and NMS are float32 whatever the dtype policy.
 
         Returns:
-            ``{"boxes": [B, K, 4] float32 of the original images, "confidence": [B, K] float32,
-            "labels": [B, K] int32, "num_detections": [B] int32}`` with ``K = max_detections``;
-            rows past ``num_detections`` are -1 in every field.
+            ``{"boxes": [B, K, 4] of the original images, "confidence": [B, K], "labels": [B, K]
+            int32, "num_detections": [B] int32}`` with ``K = max_detections``; rows past
+            ``num_detections`` are -1 in every field. With ``return_box_distributions``, also
+            (float32, sides ordered left, top, right, bottom, pixels of the ORIGINAL image
+            whatever ``bounding_box_format``; ``ops.box_distributions.kept_box_distributions``):
+            ``"classification" [B, K]`` class probability, ``"quality" [B, K]`` DGQP quality
+            (GFLv2 only; ``confidence = classification * quality``), ``"side_offsets" [B, K, 4]``
+            expected anchor-to-side distances (what the box uses), ``"side_std" [B, K, 4]``
+            their standard deviations, ``"side_topk_mass" [B, K, 4]`` mass of the top-``reg_topk``
+            bins (what DGQP reads), ``"side_distributions" [B, K, 4, reg_max + 1]`` bin
+            probabilities, ``"bin_widths" [B, K, 4]`` one bin in pixels, ``"anchor_points"
+            [B, K, 2]`` ``(x, y)``.
         """
         fmt = self.bounding_box_format if bounding_box_format is None else validate_bounding_box_format(
             bounding_box_format
@@ -385,6 +405,7 @@ class GFLV2Detector(keras.Model):
             num_classes=self.num_classes,
             reg_max=self.reg_max,
             **self.test_config,
+            **(self._box_distribution_options() if return_box_distributions else {}),
         )
         if fmt != "xyxy":
             boxes = convert_boxes(detections["boxes"], "xyxy", fmt, original_h, original_w)
@@ -424,30 +445,38 @@ class GFLV2Detector(keras.Model):
             conv.fold_norm(norm if enabled else None)
         return len(pairs) if enabled else 0
 
-    def detect(self, image, bounding_box_format=None):
+    def _box_distribution_options(self):
+        """``postprocess`` arguments of the optional box-distribution outputs."""
+        options = {"return_box_distributions": True, "reg_topk": self.head.reg_topk}
+        if self.head.use_dgqp:
+            # The head's own DGQP on the kept points' logits, viewed as a [B, K, 1] feature map.
+            options["quality_fn"] = lambda logits: self.head.quality(logits[:, :, None, :])[:, :, 0, 0]
+        return options
+
+    def detect(self, image, bounding_box_format=None, return_box_distributions=False):
         """Detect objects in one image.
 
         Args:
             image: uint8 RGB ``[H, W, 3]`` NumPy array (any size).
             bounding_box_format: format of the returned boxes (``None``: the detector's).
+            return_box_distributions: also return the extra keys of ``detect_batch``.
 
         Returns:
             ``{"boxes": [K, 4] float32 of the original image, "confidence": [K] float32,
             "labels": [K] int32}`` NumPy (the dtypes of ``predict``). One compiled function
             per network canvas (``models.fast_inference``).
+            With ``return_box_distributions``, also the extra keys of ``detect_batch`` without
+            the batch axis (``"side_std": [K, 4]``, ...).
         """
         image = validate_image(image)
         fmt = self.bounding_box_format if bounding_box_format is None else validate_bounding_box_format(
             bounding_box_format
         )
         canvas = canvas_size(image.shape[0], image.shape[1], self.input_scale)
-        out = {k: np.asarray(v) for k, v in self._inference_functions(image[None], canvas, fmt).items()}
-        count = int(out["num_detections"][0])
-        return {
-            "boxes": out["boxes"][0, :count],
-            "confidence": out["confidence"][0, :count],
-            "labels": out["labels"][0, :count],
-        }
+        found = self._inference_functions(image[None], canvas, fmt, return_box_distributions)
+        out = {k: np.asarray(v) for k, v in found.items()}
+        count = int(out.pop("num_detections")[0])
+        return {k: v[0, :count] for k, v in out.items()}
 
     # ------------------------------------------------------------------ presets
     @classmethod

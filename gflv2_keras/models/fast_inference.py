@@ -93,19 +93,21 @@ class InferenceFunctions:
         self.functions = {}
         self.traces = 0
 
-    def __call__(self, images, canvas, bounding_box_format):
+    def __call__(self, images, canvas, bounding_box_format, return_box_distributions=False):
         """Run ``detect_batch`` on uint8 ``[B, H, W, 3]`` images whose canvas is ``canvas``."""
-        key = (tuple(canvas), bounding_box_format)
+        key = (tuple(canvas), bounding_box_format, bool(return_box_distributions))
         if key not in self.functions:
             self.functions[key] = tf.function(
-                self._traced(tuple(canvas), bounding_box_format),
+                self._traced(*key),
                 input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
             )
         return self.functions[key](images)
 
-    def _traced(self, canvas, bounding_box_format):
+    def _traced(self, canvas, bounding_box_format, return_box_distributions):
         def detect(images):
             self.traces += 1
-            return self.detector.detect_batch(images, bounding_box_format, canvas=canvas)
+            return self.detector.detect_batch(
+                images, bounding_box_format, canvas=canvas, return_box_distributions=return_box_distributions
+            )
 
         return detect

@@ -15,6 +15,7 @@ thresholds, like mmcv); the rest is keras ops. Works with dynamic image sizes (e
 import tensorflow as tf
 from keras import ops
 
+from gflv2_keras.ops.box_distributions import kept_box_distributions
 from gflv2_keras.ops.boxes import distance_to_boxes
 from gflv2_keras.ops.integral import integral_distances
 
@@ -63,15 +64,20 @@ def decode_boxes(box_logits, points, strides, image_shape, reg_max=16):
     return distance_to_boxes(points, distances, max_shape=(height, width))
 
 
-def decode_candidates(confidence, box_logits, points, point_strides, level_sizes, image_info, reg_max=16, nms_pre=1000):
+def decode_candidates(
+    confidence, box_logits, points, point_strides, level_sizes, image_info, reg_max=16, nms_pre=1000,
+    return_candidates=False,
+):  # fmt: skip
     """Everything of ``postprocess`` before NMS: per-level top-``nms_pre`` points, decoded.
 
-    Args: as ``postprocess``.
+    Args: as ``postprocess``; ``return_candidates`` also returns the candidates' raw data.
 
     Returns:
         ``(boxes [B, K, 4] xyxy original image pixels, confidence [B, K, C'] float32)`` with ``K``
         as in ``select_level_candidates``; NMS of these gives ``postprocess``'s detections
-        (the export's NumPy NMS completes runtimes that cannot run it in the graph).
+        (the export's NumPy NMS completes runtimes that cannot run it in the graph). With
+        ``return_candidates``, followed by the candidates' ``box_logits [B, K, 4(R+1)]`` float32,
+        ``points [B, K, 2]`` (network-input pixels) and ``strides [B, K]``.
     """
     confidence = ops.cast(confidence, "float32")
     box_logits = ops.cast(box_logits, "float32")
@@ -81,6 +87,8 @@ def decode_candidates(confidence, box_logits, points, point_strides, level_sizes
     boxes = decode_boxes(cand_logits, cand_points, cand_strides, image_info["image_shape"], reg_max)
     factor = image_info["scale_factor"]
     boxes = boxes / ops.concatenate([factor[:, 1:2], factor[:, 0:1], factor[:, 1:2], factor[:, 0:1]], -1)[:, None]
+    if return_candidates:
+        return boxes, cand_scores, cand_logits, cand_points, cand_strides
     return boxes, cand_scores
 
 
@@ -97,6 +105,9 @@ def postprocess(
     score_threshold=0.05,
     iou_threshold=0.6,
     max_detections=100,
+    return_box_distributions=False,
+    quality_fn=None,
+    reg_topk=4,
 ):
     """Raw head outputs → final detections in original image pixels.
 
@@ -108,16 +119,26 @@ def postprocess(
         level_sizes: feature sizes per level.
         image_info: ``{"image_shape": [B, 2] (h, w) resized unpadded,
             "scale_factor": [B, 2] (h, w) resized / original}``.
+        return_box_distributions: also return what the head knew about each kept box (off by
+            default: the default path is unchanged and pays nothing).
+        quality_fn: GFLv2 only, kept box logits ``[B, K, 4(R+1)]`` → DGQP quality ``[B, K]``
+            (``GFLV2Detector`` passes its head's); ``None``: no quality (GFLv1).
+        reg_topk: DGQP's top-k, the bins ``side_topk_mass`` sums.
 
     Returns:
         Dict of ``"boxes"`` float32 ``[B, max_detections, 4]`` xyxy original pixels,
         ``"confidence"`` float32 ``[B, max_detections]``, ``"labels"`` int32
         ``[B, max_detections]`` (0-based), ``"num_detections"`` int32 ``[B]``; entries past
-        ``num_detections`` are -1.
+        ``num_detections`` are -1. With ``return_box_distributions=True`` also the entries of
+        ``ops.box_distributions.kept_box_distributions`` (classification probability, DGQP
+        quality when ``quality_fn`` is given, per-side distribution statistics), computed for
+        the kept detections only; ``reg_topk`` is DGQP's top-k.
     """
-    boxes, cand_scores = decode_candidates(
-        confidence, box_logits, points, point_strides, level_sizes, image_info, reg_max=reg_max, nms_pre=nms_pre
-    )
+    candidates = decode_candidates(
+        confidence, box_logits, points, point_strides, level_sizes, image_info, reg_max=reg_max, nms_pre=nms_pre,
+        return_candidates=return_box_distributions,
+    )  # fmt: skip
+    boxes, cand_scores = candidates[:2]
     nms_boxes, nms_scores, nms_labels, num_valid = tf.image.combined_non_max_suppression(
         boxes[:, :, None, :],
         cand_scores,
@@ -127,7 +148,15 @@ def postprocess(
         score_threshold=score_threshold,
         clip_boxes=False,
     )
-    return _drop_background(nms_boxes, nms_scores, ops.cast(nms_labels, "int32"), num_valid, num_classes)
+    detections = _drop_background(nms_boxes, nms_scores, ops.cast(nms_labels, "int32"), num_valid, num_classes)
+    if return_box_distributions:
+        detections.update(
+            kept_box_distributions(
+                detections, *candidates, image_info["scale_factor"], reg_max=reg_max, topk=reg_topk,
+                quality_fn=quality_fn,
+            )  # fmt: skip
+        )
+    return detections
 
 
 def _drop_background(boxes, scores, labels, num_valid, num_classes):
