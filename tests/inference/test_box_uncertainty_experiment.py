@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "box_uncertainty_experiment.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "box_uncertainty_experiment.py"
 
 
 @pytest.fixture(scope="module")
