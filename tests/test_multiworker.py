@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TIMEOUT = 600  # seconds for one training run (2 shared cores, TensorFlow start-up included)
 ITERATIONS = 8
 
-pytestmark = pytest.mark.slow  # about 4-6 minutes on 2 shared cores: 7 TensorFlow processes
+pytestmark = pytest.mark.slow  # 7 TensorFlow processes: 6 to 18 minutes on 2 shared cores
 
 RECIPE = textwrap.dedent(
     """
