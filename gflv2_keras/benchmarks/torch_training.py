@@ -88,7 +88,7 @@ class TorchTrainingStep:
         self.num_classes, self.reg_max, self.topk = num_classes, reg_max, topk
         sizes = boxes.level_sizes(height, width)
         points, strides = boxes.anchor_points(sizes, dtype="float32")
-        anchors = np.asarray(boxes.anchor_boxes(points, strides), np.float32)
+        anchors = np.array(boxes.anchor_boxes(points, strides), np.float32)
         self.points = torch.from_numpy(np.array(points, np.float32))
         self.strides = torch.from_numpy(np.array(strides, np.float32))
         self.anchors = torch.from_numpy(anchors)
