@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TIMEOUT = 600  # seconds for one training run (2 shared cores, TensorFlow start-up included)
 ITERATIONS = 8
 
-pytestmark = pytest.mark.slow  # 7 TensorFlow processes: 6 to 18 minutes on 2 shared cores
+SLOW = pytest.mark.slow  # the two-worker tests: 7 TensorFlow processes, 6 to 18 minutes on 2 shared cores
 
 RECIPE = textwrap.dedent(
     """
@@ -166,6 +166,7 @@ def uninterrupted(setup):
     return _finish(_start_workers(setup, [root / "w0", root / "w1"]))
 
 
+@SLOW
 def test_two_workers_equal_two_mirrored_replicas_and_only_the_chief_writes(setup, uninterrupted):
     root = setup["root"]
     reference = subprocess.Popen(
@@ -184,6 +185,7 @@ def test_two_workers_equal_two_mirrored_replicas_and_only_the_chief_writes(setup
     assert not (root / "w1").exists()
 
 
+@SLOW
 def test_lost_worker_fails_clearly_and_resume_completes_the_run(setup, uninterrupted):
     root = setup["root"]
     _check_ok(uninterrupted)
@@ -211,3 +213,19 @@ def test_lost_worker_fails_clearly_and_resume_completes_the_run(setup, uninterru
     assert "[train] resumed from" in results[0][1]
     _assert_same_weights(work_dirs[0], root / "w0")
     assert not work_dirs[1].exists()
+
+
+def test_lost_worker_message_names_the_lost_task():
+    import tensorflow as tf
+
+    from gflv2_keras.training.strategy import lost_worker_message
+
+    text = (  # what TensorFlow 2.21 reported in the SIGKILL test above
+        "Collective ops is aborted by: Error reported from /job:worker/task:0: The following tasks are "
+        "unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed."
+    )
+    message = lost_worker_message(tf.errors.UnavailableError(None, None, text), "runs/a")
+    assert "lost worker 1 " in message and "--resume" in message and "runs/a/checkpoints" in message
+    assert "\n" not in message
+    assert "lost a peer" in lost_worker_message(tf.errors.DeadlineExceededError(None, None, "timed out"))
+    assert lost_worker_message(ValueError("a user's mistake")) is None

@@ -201,7 +201,7 @@ def lost_worker_message(error, work_dir=None):
     lost = sorted({f"{job} {task}" for job, task in LOST_TASK.findall(text.split("unhealthy", 1)[-1])})
     who = ", ".join(lost) if lost else "a peer"
     detail = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    where = f" (newest checkpoint in {work_dir}/checkpoints)" if work_dir else ""
+    where = f" (in {work_dir}/checkpoints)" if work_dir else ""
     return (
         f"multi-worker training lost {who} ({type(error).__name__}: {detail[:160]}); restart every worker "
         f"with --resume to continue from the chief's newest checkpoint{where}"
