@@ -20,6 +20,13 @@ def register(subparsers):
     parser.add_argument("--train-presets", default="gflv2_tiny_r18_demo,gflv2_r50_fpn_1x_coco")
     parser.add_argument("--train-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     parser.add_argument("--train-batch", type=int, default=1)
+    parser.add_argument("--train-warmup", type=int, default=2, help="untimed training steps (default 2)")
+    parser.add_argument("--train-iterations", type=int, default=5, help="timed training steps; the median is reported")
+    parser.add_argument("--train-modes", default="graph,xla", help="comma list of graph,xla (our training step)")
+    parser.add_argument("--torch", action="store_true",
+                        help="with --training: also time the same step in the independent PyTorch GFLv2 "
+                             "(needs PyTorch and a source checkout: tests/torch_reference)")
+    parser.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads for --torch (default 2)")
     parser.add_argument("--skip-detector", action="store_true", help="skip the inference table")
     parser.add_argument("--runtime", help="only compare detect latency of these runtimes (comma list of tf,"
                         "onnxruntime,openvino,litert) at --size; see benchmarks/runtime_benchmark.py")
@@ -34,6 +41,13 @@ def run(args):
 
         return run_from_args(args)
     from gflv2_keras.benchmarks.inference_benchmark import format_table, run_inference_benchmark
+
+    if args.torch:
+        from gflv2_keras.benchmarks.torch_training import missing_torch_reference
+
+        problem = missing_torch_reference()
+        if problem:
+            raise ValueError(f"--torch: {problem}")  # before minutes of other timings
 
     if not args.skip_detector:
         rows, context = run_inference_benchmark(
@@ -58,7 +72,15 @@ def run(args):
         from gflv2_keras.benchmarks.inference_benchmark import machine_facts
 
         rows = training_benchmark.run_training_benchmark(
-            [p for p in args.train_presets.split(",") if p], args.train_size[0], args.train_size[1], args.train_batch
+            [p for p in args.train_presets.split(",") if p],
+            args.train_size[0],
+            args.train_size[1],
+            args.train_batch,
+            modes=[m for m in args.train_modes.split(",") if m],
+            warmup=args.train_warmup,
+            iterations=args.train_iterations,
+            torch=args.torch,
+            threads=args.torch_threads,
         )
         print()
         print(training_benchmark.format_table(rows, machine_facts()))

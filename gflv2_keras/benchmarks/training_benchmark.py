@@ -6,6 +6,12 @@ Each variant compiles the detector as the trainer does (``training.trainer.compi
 stated size) after ``warmup`` untimed steps; the median step time of ``iterations`` steps is
 reported. ``graph`` is Keras' ``tf.function`` train step without XLA (``jit_compile=False``),
 ``xla`` compiles it with XLA (``jit_compile=True``).
+
+``loss_share`` times what ATSS + QFL/DFL/GIoU cost inside that step: ``compute_loss`` and its
+gradient with respect to the head outputs (fixed outputs of one forward pass), compiled the same
+way, as a fraction of the whole step. With ``torch=True`` the same step of the independent
+PyTorch GFLv2 (``benchmarks.torch_training``: same network, batch, canvas, ATSS and losses, its
+own ``torch.optim.SGD``) is timed on the same batch with ``torch.set_num_threads(threads)``.
 """
 
 import statistics
@@ -25,8 +31,26 @@ def synthetic_batch(batch, height, width, boxes_per_image=8, seed=0):
     return images, {"boxes": boxes, "labels": labels}
 
 
-def run_training_benchmark(presets, height, width, batch=1, modes=("graph", "xla"), warmup=2, iterations=5, log=print):
-    """Time training steps for each preset and mode; returns a list of result dicts."""
+def median_seconds(fn, warmup, iterations):
+    """Median wall time of ``fn()`` over ``iterations`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_training_benchmark(presets, height, width, batch=1, modes=("graph", "xla"), warmup=2, iterations=5,
+                           loss_share=True, torch=False, threads=2, log=print):
+    """Time training steps for each preset and mode (and PyTorch's); returns a list of result dicts.
+
+    Rows: ``preset, mode ("graph" | "xla" | "pytorch"), height, width, batch, step_s, images_per_s``,
+    and for our modes ``loss_s`` / ``loss_share`` (ATSS + losses + their gradient, None when not
+    measured).
+    """
     import keras
 
     from gflv2_keras import GFLV2Detector
@@ -37,20 +61,63 @@ def run_training_benchmark(presets, height, width, batch=1, modes=("graph", "xla
     for preset in presets:
         for mode in modes:
             keras.utils.set_random_seed(0)
-            detector = GFLV2Detector.from_preset(preset, load_weights=False).build_for_inference()
+            detector = GFLV2Detector.from_preset(preset, load_weights=False, bounding_box_format="xyxy")
+            detector.build_for_inference()
             compile_for_training(detector, 1e-4, jit_compile=mode == "xla")
             log(f"timing {preset} / {mode} at {height}x{width}, batch {batch} ({warmup} warm-up + {iterations} timed) ...")
-            for _ in range(warmup):
-                detector.train_on_batch(images, targets)
-            times = []
-            for _ in range(iterations):
-                start = time.perf_counter()
-                detector.train_on_batch(images, targets)
-                times.append(time.perf_counter() - start)
-            step = statistics.median(times)
+            step = median_seconds(lambda: detector.train_on_batch(images, targets), warmup, iterations)
+            loss_s = None
+            if loss_share:
+                loss_step = loss_and_gradient_function(detector, images, targets, jit_compile=mode == "xla")
+                loss_s = median_seconds(loss_step, warmup, iterations)
             rows.append({"preset": preset, "mode": mode, "height": height, "width": width, "batch": batch,
-                         "step_s": step, "images_per_s": batch / step})
+                         "step_s": step, "images_per_s": batch / step, "loss_s": loss_s,
+                         "loss_share": None if loss_s is None else loss_s / step})
+        if torch:
+            rows.append(run_torch_step(preset, images, targets, warmup, iterations, threads, log))
     return rows
+
+
+def loss_and_gradient_function(detector, images, targets, jit_compile=False):
+    """A compiled ``fn()`` running ATSS + QFL/DFL/GIoU and their gradient w.r.t. the head outputs.
+
+    The head outputs are those of one forward pass in training mode, computed once; this is the
+    part of the training step that is not the network (the network's own backward is not in it).
+    """
+    import tensorflow as tf
+
+    outputs = {k: tf.constant(v) for k, v in detector(images, training=True).items()}
+    x, y = tf.constant(images), {k: tf.constant(v) for k, v in targets.items()}
+
+    @tf.function(jit_compile=jit_compile)
+    def loss_and_gradient():
+        with tf.GradientTape() as tape:
+            tape.watch(outputs)
+            loss = detector.compute_loss(x, y, outputs)
+        return loss, tape.gradient(loss, outputs)
+
+    return lambda: [t.numpy() for t in tf.nest.flatten(loss_and_gradient())]
+
+
+def run_torch_step(preset, images, targets, warmup, iterations, threads=2, log=print):
+    """The PyTorch row: the preset's network in the independent PyTorch GFLv2, same batch, own SGD."""
+    import torch
+
+    from gflv2_keras.benchmarks.torch_training import TorchTrainingStep, load_reference_model
+    from gflv2_keras.presets import preset_info
+
+    torch.set_num_threads(int(threads))
+    config = preset_info(preset)["config"]
+    batch, height, width = images.shape[:3]
+    torch.manual_seed(0)
+    step = TorchTrainingStep(load_reference_model(config), height, width, config["num_classes"],
+                             reg_max=config.get("head", {}).get("reg_max", 16))  # fmt: skip
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    gt_boxes, gt_labels = torch.from_numpy(targets["boxes"]), torch.from_numpy(targets["labels"])
+    log(f"timing {preset} / PyTorch {torch.__version__} ({threads} threads) at {height}x{width}, batch {batch} ...")
+    seconds = median_seconds(lambda: step(x, gt_boxes, gt_labels), warmup, iterations)
+    return {"preset": preset, "mode": "pytorch", "height": height, "width": width, "batch": batch,
+            "step_s": seconds, "images_per_s": batch / seconds, "loss_s": None, "loss_share": None}
 
 
 def format_table(rows, context):
@@ -58,10 +125,13 @@ def format_table(rows, context):
         f"training steps (forward + ATSS + QFL/DFL/GIoU + backward + CoupledSGD); {context['cpu']} "
         f"({context['cores']} cores); TF {context['tensorflow']}, Keras {context['keras']}",
         "",
-        "| preset | input | batch | mode | step ms | images/s |",
-        "|---|---|---:|---|---:|---:|",
+        "| preset | input | batch | mode | step ms | images/s | vs PyTorch | ATSS + loss share |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
     ]
+    torch_speed = {r["preset"]: r["images_per_s"] for r in rows if r["mode"] == "pytorch"}
     for r in rows:
+        ratio = f"{r['images_per_s'] / torch_speed[r['preset']]:.2f}x" if r["preset"] in torch_speed else "-"
+        share = f"{r['loss_share'] * 100:.1f}% ({r['loss_s'] * 1e3:.0f} ms)" if r.get("loss_share") is not None else "-"
         lines.append(f"| {r['preset']} | {r['height']}x{r['width']} | {r['batch']} | {r['mode']} | "
-                     f"{r['step_s'] * 1e3:.0f} | {r['images_per_s']:.2f} |")
+                     f"{r['step_s'] * 1e3:.0f} | {r['images_per_s']:.2f} | {ratio} | {share} |")
     return "\n".join(lines)

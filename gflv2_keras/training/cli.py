@@ -10,6 +10,8 @@ Two forms (exactly one of ``--recipe`` / ``--preset``):
 import argparse
 import sys
 
+EXIT_LOST_WORKER = 3  # distinct from a user's mistake (2): rerun every worker with --resume
+
 
 def add_train_arguments(parser, with_recipe=True):
     """The options of ``gflv2 train`` (``with_recipe=False``: a recipe file's own command line)."""
@@ -84,7 +86,16 @@ def run_train(args, recipe=None):
         evaluate=not args.no_eval,
     )
     trainer = Trainer(options)
-    result = trainer.run()
+    try:
+        result = trainer.run()
+    except Exception as error:  # a lost peer of a multi-worker run: one line, not TensorFlow's report
+        from gflv2_keras.training.strategy import lost_worker_message
+
+        message = lost_worker_message(error, options.work_dir) if args.strategy == "multi-worker" else None
+        if message is None:
+            raise
+        print(f"gflv2 train: error: {message}", file=sys.stderr)
+        return EXIT_LOST_WORKER
     speed = result["images_per_second"]
     print(
         f"[train] done: {result['iterations']} iterations, "

@@ -4,9 +4,16 @@
 get_distribution_strategy`` of TF Model Garden does); ``is_chief`` is the multi-worker rule for
 which process writes checkpoints, logs and the preset (the chief, or worker 0 without one); every
 process runs every step.
+
+Multi-worker runs assume nothing shared between the machines but the network: only the chief
+reads and writes the work dir, and ``broadcast_from_chief`` gives every worker the chief's
+state (fresh or resumed). A worker that dies is noticed by TensorFlow's coordination service
+(heartbeats, about 10 s): the survivors' next collective fails with ``UnavailableError``, which
+``lost_worker_message`` turns into one line.
 """
 
 import os
+import re
 
 import tensorflow as tf
 
@@ -67,6 +74,65 @@ def is_chief(strategy):
     return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
 
 
+def patch_keras_for_multi_worker(model, strategy):
+    """Lets Keras ``fit`` train ``model`` under ``MultiWorkerMirroredStrategy``; returns ``model``.
+
+    Keras 3's TensorFlow trainer fails twice under ``MultiWorkerMirroredStrategy``
+    (keras-team/keras#20585, #20329), both times in code that only reports, never trains:
+
+    - at the start of every ``fit`` it builds the model symbolically from the first batch, which
+      it first reduces over the replicas with ``strategy.reduce("MEAN", batch)``: that fails on a
+      nested (dict) batch ("Attempt to convert a value (PerReplica...)"). Only shapes and dtypes
+      matter there, so this worker's own first replica value serves (``model`` only);
+    - it averages the step's logs (``loss``, ``qfl`` ...) over the workers with
+      ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars ("Invalid reduction
+      dimension 0"): scalars are averaged with ``axis=None`` instead (the module function
+      ``reduce_per_replica`` of Keras' TensorFlow trainer is wrapped once; other strategies and
+      non-scalar values go to the original).
+
+    The gradients are all-reduced by the optimizer, untouched by either. Other strategies are
+    left alone.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return model
+    _wrap_keras_reduce_per_replica()
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                first = next(batches)
+                data_batch = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], first)
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = symbolic_build
+    return model
+
+
+def _wrap_keras_reduce_per_replica():
+    from keras.src.backend.tensorflow import trainer as keras_trainer
+
+    original = keras_trainer.reduce_per_replica
+    if getattr(original, "_gflv2_multi_worker", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in ("auto", "mean")):
+            return original(values, strategy, reduction)
+
+        def reduce(value):
+            local = strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
+            if getattr(local, "shape", None) is not None and local.shape.rank == 0:
+                return strategy.reduce("MEAN", value, axis=None)
+            return original(value, strategy, reduction)
+
+        return tf.nest.map_structure(reduce, values)
+
+    reduce_per_replica._gflv2_multi_worker = True
+    keras_trainer.reduce_per_replica = reduce_per_replica
+
+
 def shard_for(strategy, dataset):
     """``dataset`` set up for ``strategy``: multi-worker runs shard the stream by data.
 
@@ -78,3 +144,65 @@ def shard_for(strategy, dataset):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+def broadcast_from_chief(strategy, variables, chief):
+    """Under ``MultiWorkerMirroredStrategy``, sets ``variables`` on every worker to the chief's values.
+
+    The chief contributes its values and the other workers zeros to one SUM all-reduce (integer
+    variables, e.g. the optimizer's ``iterations``, travel as float64: exact below 2**53). Every
+    worker must call it, with the same variables in the same order. Returns whether it ran (False
+    for other strategies, where there is nothing to share).
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or strategy.num_replicas_in_sync <= 1:
+        return False
+    variables = list(variables)
+    wire = [tf.float64 if v.dtype.is_integer else v.dtype for v in (_tf_variable(v) for v in variables)]
+    local = [tf.cast(tf.convert_to_tensor(_tf_variable(v)), dtype) for v, dtype in zip(variables, wire)]
+    if not chief:
+        local = [tf.zeros_like(t) for t in local]
+
+    def share(*tensors):
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, list(tensors))
+
+    # Eagerly, once per run: the graph version packs the mixed dtypes into one concat and fails.
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")  # "Using CollectiveAllReduceStrategy eagerly has significant overhead"
+    try:
+        shared = strategy.experimental_local_results(strategy.run(share, args=tuple(local)))[0]
+    finally:
+        logger.setLevel(level)
+    for variable, value in zip(variables, shared):
+        variable.assign(tf.cast(value, _tf_variable(variable).dtype))
+    return True
+
+
+def _tf_variable(variable):
+    """The ``tf.Variable`` behind a Keras variable (or the variable itself)."""
+    return getattr(variable, "value", variable)
+
+
+LOST_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+
+
+def lost_worker_message(error, work_dir=None):
+    """One line for a multi-worker run that lost a peer (``tf.errors.UnavailableError`` /
+    ``DeadlineExceededError`` / ``AbortedError`` / ``CancelledError``), or None for other errors.
+
+    Names the lost task(s) when TensorFlow's message does ("stopped sending heartbeats:
+    /job:worker/replica:0/task:1" -> "worker 1") and says how to continue.
+    """
+    if not isinstance(
+        error,
+        (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError, tf.errors.CancelledError),
+    ):
+        return None
+    text = str(getattr(error, "message", error))
+    lost = sorted({f"{job} {task}" for job, task in LOST_TASK.findall(text.split("unhealthy", 1)[-1])})
+    who = ", ".join(lost) if lost else "a peer"
+    detail = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    where = f" (in {work_dir}/checkpoints)" if work_dir else ""
+    return (
+        f"multi-worker training lost {who} ({type(error).__name__}: {detail[:160]}); restart every worker "
+        f"with --resume to continue from the chief's newest checkpoint{where}"
+    )

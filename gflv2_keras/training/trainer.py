@@ -54,7 +54,13 @@ from gflv2_keras.training.checkpoint import CheckpointCallback, latest_checkpoin
 from gflv2_keras.training.optimizer import CoupledSGD
 from gflv2_keras.training.options import resolve_run
 from gflv2_keras.training.schedule import WarmupStepDecay, scale_learning_rate
-from gflv2_keras.training.strategy import build_strategy, is_chief, shard_for
+from gflv2_keras.training.strategy import (
+    broadcast_from_chief,
+    build_strategy,
+    is_chief,
+    patch_keras_for_multi_worker,
+    shard_for,
+)
 
 # Run facts that must be equal in a checkpoint and the run resuming from it.
 RESUME_MUST_MATCH = ("steps_per_epoch", "global_batch_size", "shuffle_seed", "preset")
@@ -276,7 +282,7 @@ class Trainer:
                 weight_decay=recipe["weight_decay"],
                 jit_compile=self.options.jit_compile,
             )
-        return model
+        return patch_keras_for_multi_worker(model, self.strategy)
 
     def run_state(self, data, schedule):
         """The fixed facts of the run stored in every checkpoint (``RESUME_MUST_MATCH`` among them)."""
@@ -296,13 +302,16 @@ class Trainer:
         """Stage 4: ``(history, start_iteration)``; restores the newest checkpoint when resuming.
 
         ``resume`` without a checkpoint starts from scratch with a message; a checkpoint of
-        another run (``RESUME_MUST_MATCH``) raises ``ValueError``. The chief then creates the
-        work dir and writes ``recipe.json`` (the resolved recipe, overrides applied).
+        another run (``RESUME_MUST_MATCH``) raises ``ValueError``. In a multi-worker run only the
+        chief reads its checkpoints (the machines need not share a disk) and every worker then
+        takes the chief's weights, optimizer state and iteration (``broadcast_from_chief``). The
+        chief then creates the work dir and writes ``recipe.json`` (the resolved recipe,
+        overrides applied).
         """
         history, start = [], 0
         self.run_id = uuid.uuid4().hex
         checkpoint_dir = self.options.checkpoint_dir
-        if self.options.resume:
+        if self.options.resume and self.chief:  # other workers get the chief's state below
             path = latest_checkpoint(checkpoint_dir)
             if path is None:
                 print(f"[train] --resume: no checkpoint in {checkpoint_dir}, starting from scratch")
@@ -314,6 +323,8 @@ class Trainer:
                 self.run_id = state.get("run_id")  # the resumed run's checkpoints are this run's own
                 steps = data.steps_per_epoch
                 print(f"[train] resumed from {path}: iteration {start}, epoch {start // steps} + {start % steps} steps")
+        if broadcast_from_chief(self.strategy, model.variables + model.optimizer.variables, self.chief):
+            start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         if self.chief:
             self.options.work_dir.mkdir(parents=True, exist_ok=True)
             (self.options.work_dir / "recipe.json").write_text(json.dumps(dict(self.recipe), indent=2))
