@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 import tensorflow as tf
 
+from gflv2_keras.training.precision import POLICIES
 from gflv2_keras.training.strategy import STRATEGIES
 
 DATA_FIELDS = ("train_annotations", "train_images", "val_annotations", "val_images")
@@ -40,6 +41,8 @@ OVERRIDES = {
     "tensorboard": "write TensorBoard logs (bool)",
     "save_preset": "write WORK_DIR/preset at the end (bool)",
     "verbose": "fit verbosity: 'auto', 0, 1 or 2",
+    "precision": "'float32' (official), 'bfloat16' or 'float16' (mixed precision; float16 with loss scaling)",
+    "accumulate": "micro-batches per optimizer update (int >= 1): global batch = replicas x batch_per_replica x N",
 }
 DEFAULTS = {
     "epochs": None,
@@ -55,6 +58,8 @@ DEFAULTS = {
     "tensorboard": True,
     "save_preset": True,
     "verbose": "auto",
+    "precision": "float32",
+    "accumulate": 1,
 }
 
 
@@ -70,7 +75,7 @@ class TrainOptions:
             ``val_images`` (read-only mapping).
         strategy: a name of ``STRATEGIES`` or a ``tf.distribute.Strategy``.
         cpu_devices, resume, callbacks, steps_per_epoch, jit_compile, evaluate, tensorboard,
-        save_preset, verbose: see ``OVERRIDES`` and ``trainer.train``.
+        save_preset, verbose, precision, accumulate: see ``OVERRIDES`` and ``trainer.train``.
     """
 
     recipe: MappingProxyType
@@ -86,6 +91,8 @@ class TrainOptions:
     tensorboard: bool = True
     save_preset: bool = True
     verbose: object = "auto"
+    precision: str = "float32"
+    accumulate: int = 1
 
     @property
     def max_boxes(self):
@@ -120,6 +127,9 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
     if unknown:
         raise ValueError(f"train: unknown option(s) {unknown}; known: {sorted(OVERRIDES)}")
     values = {**DEFAULTS, **overrides}
+    _check("accumulate", values["accumulate"], _is_int(values["accumulate"]) and values["accumulate"] >= 1,
+           "an int >= 1")
+    _check("precision", values["precision"], values["precision"] in POLICIES, f"one of {tuple(POLICIES)}")
     for field in ("epochs", "batch_per_replica", "steps_per_epoch", "cpu_devices"):
         _check(field, values[field], values[field] is None or _is_int(values[field]) and values[field] >= 1,
                "None or an int >= 1")
@@ -159,7 +169,13 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
         cpu_devices=values["cpu_devices"],
         resume=resume,
         callbacks=callbacks,
-        **{f: values[f] for f in ("steps_per_epoch", "jit_compile", "evaluate", "tensorboard", "save_preset", "verbose")},
+        **{
+            f: values[f]
+            for f in (
+                "steps_per_epoch", "jit_compile", "evaluate", "tensorboard", "save_preset", "verbose", "precision",
+                "accumulate",
+            )
+        },
     )
 
 
