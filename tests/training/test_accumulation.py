@@ -108,7 +108,7 @@ def test_train_with_accumulate_counts_updates_and_scales_the_batch(nano_recipe, 
     from gflv2_keras.data.coco import load_coco
     from gflv2_keras.data.grouping import grouped_epoch_steps
 
-    dataset = load_coco(f"{tiny_coco}/annotations/instances_train2017.json", f"{tiny_coco}/train2017", for_training=True)
+    dataset = load_coco(f"{tiny_coco}/annotations/train.json", f"{tiny_coco}/train", for_training=True)
     updates = grouped_epoch_steps(dataset, 4)  # an epoch of global batches of 2 x 2 images
     assert result["iterations"] == result["steps_per_epoch"] == updates
     assert int(result["model"].optimizer.iterations.numpy()) == updates  # updates, not micro-batches
