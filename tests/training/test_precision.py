@@ -69,3 +69,31 @@ def test_a_short_bfloat16_run_trains(nano_recipe, tiny_coco, tmp_path):
     print("bf16 epoch losses", losses)
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert result["model"].head.gfl_cls.compute_dtype == "bfloat16"
+
+
+def test_checkpoints_save_and_restore_the_loss_scale_state(tmp_path):
+    from gflv2_keras.training import checkpoint as ckpt
+    from gflv2_keras.training.optimizer import CoupledSGD
+    from gflv2_keras.training.precision import wrap_for_precision
+
+    def model_and_optimizer(scale, momentum):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        optimizer = wrap_for_precision(CoupledSGD(0.1), "float16")
+        optimizer.build(model.trainable_variables)
+        optimizer.dynamic_scale.assign(scale)
+        optimizer.step_counter.assign(7)
+        for buffer in optimizer.inner_optimizer.momentums:
+            buffer.assign(np.full(buffer.shape, momentum, np.float32))
+        optimizer.inner_optimizer.iterations.assign(5)
+        return model, optimizer
+
+    model, optimizer = model_and_optimizer(512.0, 0.25)
+    ckpt.save_checkpoint(str(tmp_path), model, optimizer, {"iteration": 5}, keep=1)
+    other, other_optimizer = model_and_optimizer(2.0**15, 0.0)
+    other_optimizer.step_counter.assign(0)
+    other_optimizer.inner_optimizer.iterations.assign(0)
+    ckpt.restore_checkpoint(ckpt.latest_checkpoint(str(tmp_path)), other, other_optimizer)
+    assert float(other_optimizer.dynamic_scale) == 512.0 and int(other_optimizer.step_counter) == 7
+    assert int(other_optimizer.iterations) == 5  # the wrapper's iterations are the inner optimiser's
+    for a, b in zip(optimizer.variables, other_optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
