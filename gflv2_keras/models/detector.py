@@ -132,6 +132,7 @@ class GFLV2Detector(keras.Model):
         # Created here, not in compute_loss: Keras forbids new state once the model is built.
         self._loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self._predict_box_distributions = False  # set by ``predict`` for ``predict_step`` (Keras' loop)
+        self.accumulate_steps = 1  # micro-batches per optimizer update (``accumulated_train_step``)
 
     # ------------------------------------------------------------------ forward
     def call(self, images, training=None):
@@ -277,7 +278,8 @@ class GFLV2Detector(keras.Model):
         strategy, XLA with ``jit_compile``) is a ``tf.function`` with ``reduce_retracing=False``,
         so it is traced once per batch shape: the grouped training stream has a fixed set of
         canvases (``data.canvas.training_canvases``), hence a bounded number of traces.
-        ``self.train_step_traces`` counts them.
+        ``self.train_step_traces`` counts them. With ``accumulate_steps > 1`` the step is
+        ``accumulated_train_step``.
         """
         if self.train_function is not None and not force:
             return self.train_function
@@ -285,9 +287,11 @@ class GFLV2Detector(keras.Model):
 
         self.train_step_traces = 0
 
+        step = self.train_step if self.accumulate_steps == 1 else self.accumulated_train_step
+
         def one_step_on_data(data):
             self.train_step_traces += 1  # Python side effect: runs once per trace
-            outputs = self.distribute_strategy.run(self.train_step, args=(data,))
+            outputs = self.distribute_strategy.run(step, args=(data,))
             return _reduce_per_replica(outputs, self.distribute_strategy)
 
         if not self.run_eagerly:
@@ -300,6 +304,59 @@ class GFLV2Detector(keras.Model):
 
         self.train_function = function
         return function
+
+    def accumulated_train_step(self, data):
+        """One optimizer update from ``accumulate_steps`` micro-batches of this replica's batch.
+
+        The replica's batch ``[N * B, H, W, 3]`` (and its targets) is split into ``N =
+        accumulate_steps`` consecutive micro-batches of ``B``; a ``tf.while_loop`` (one
+        micro-batch in memory at a time) sums their gradients, each of the micro-batch's own
+        loss (normalisers of that micro-batch), and the optimiser applies the *mean* once: the
+        update is that of the loss ``mean_n loss(micro-batch n)`` (and the mean over replicas as
+        usual). Coupled L2 and momentum enter once per update (``CoupledSGD.update_step``), the
+        ``iterations`` counter and the lr schedule count updates. With ``LossScaleOptimizer`` the
+        micro-batches share the update's loss scale and the whole update is skipped if any
+        gradient is non-finite.
+
+        Difference from ``N`` replicas of ``B`` (the official multi-GPU step): there the QFL
+        normaliser (positives) and the DFL / GIoU normaliser (sum of positive-point weights) are
+        means over the replicas (``losses.gfl_loss.replica_mean``), here each micro-batch divides
+        by its own. The two are equal when the micro-batches' normalisers are equal, and differ
+        by the spread of the normalisers otherwise (exactness would need a second forward pass).
+        """
+        import tensorflow as tf
+        from keras.src import tree
+        from keras.src.losses import loss as loss_module
+        from keras.src.trainers.data_adapters import data_adapter_utils
+
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        steps, batch = self.accumulate_steps, x.shape[0]
+        if batch is None or batch % steps:
+            raise ValueError(
+                f"GFLV2Detector: a replica batch of {batch} images cannot be split into {steps} equal micro-batches"
+            )
+        micro = batch // steps
+
+        def split(t):
+            return ops.reshape(t, (steps, micro, *ops.shape(t)[1:]))
+
+        x_parts, y_parts = split(x), tree.map_structure(split, y)
+        variables = self.trainable_variables
+
+        def body(i, sums):
+            x_i, y_i = x_parts[i], tree.map_structure(lambda t: t[i], y_parts)
+            with tf.GradientTape() as tape:
+                y_pred = self(x_i, training=True)
+                loss = self._compute_loss(x=x_i, y=y_i, y_pred=y_pred, sample_weight=sample_weight, training=True)
+                self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), sample_weight=micro)
+                loss = self.optimizer.scale_loss(loss)
+            grads = tape.gradient(loss, variables)
+            return i + 1, [s if g is None else s + ops.cast(g, s.dtype) for s, g in zip(sums, grads)]
+
+        zeros = [ops.zeros(v.shape, v.dtype) for v in variables]
+        _, sums = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), zeros), parallel_iterations=1)
+        self.optimizer.apply_gradients(zip([s / steps for s in sums], variables))
+        return self.get_metrics_result()
 
     @property
     def metrics(self):

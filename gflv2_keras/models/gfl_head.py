@@ -129,24 +129,34 @@ class GFLHead(keras.layers.Layer):
         return x
 
     def level_forward(self, feature, level):
-        """One level: ``[B, H, W, C]`` → ``(confidence [B, H, W, cls_channels], box_logits [B, H, W, 4(R+1)])``."""
+        """One level: ``[B, H, W, C]`` → ``(confidence [B, H, W, cls_channels], box_logits [B, H, W, 4(R+1)])``.
+
+        Both outputs are float32 whatever the layers' compute dtype (mixed precision): the
+        score math (sigmoid, DGQP softmax / top-k, their product) runs in float32, as do ATSS
+        and the losses that consume the outputs.
+        """
         cls_feat = self._run_tower(self.cls_convs, feature)
         reg_feat = self._run_tower(self.reg_convs, feature)
-        box_logits = self.scales[level](self.gfl_reg(reg_feat))
-        confidence = ops.sigmoid(self.gfl_cls(cls_feat))
+        box_logits = ops.cast(self.scales[level](self.gfl_reg(reg_feat)), "float32")
+        confidence = ops.sigmoid(ops.cast(self.gfl_cls(cls_feat), "float32"))
         if self.use_dgqp:
             confidence = confidence * self.quality(box_logits)
         return confidence, box_logits
 
     def quality(self, box_logits):
-        """DGQP: ``[B, H, W, 4(R+1)]`` scaled logits → ``[B, H, W, 1]`` localisation quality."""
+        """DGQP: ``[B, H, W, 4(R+1)]`` scaled logits → ``[B, H, W, 1]`` float32 localisation quality.
+
+        The softmax / top-k statistics are float32; only the two small 1x1 convolutions run in
+        the layers' compute dtype.
+        """
+        box_logits = ops.cast(box_logits, "float32")
         shape = ops.shape(box_logits)
         probs = ops.softmax(ops.reshape(box_logits, (shape[0], shape[1], shape[2], 4, self.reg_max + 1)), axis=-1)
         top, _ = ops.top_k(probs, self.reg_topk, sorted=True)
         stats = ops.concatenate([top, ops.mean(top, axis=-1, keepdims=True)], axis=-1) if self.add_mean else top
         stats = ops.reshape(stats, (shape[0], shape[1], shape[2], 4 * (self.reg_topk + int(self.add_mean))))
         hidden = ops.relu(self.reg_conf[0](stats))
-        return ops.sigmoid(self.reg_conf[1](hidden))
+        return ops.sigmoid(ops.cast(self.reg_conf[1](hidden), "float32"))
 
     def call(self, features):
         confidence, box_logits = [], []

@@ -32,6 +32,10 @@ def add_train_arguments(parser, with_recipe=True):
     parser.add_argument("--strategy", choices=("none", "mirrored", "multi-worker"), default="none")
     parser.add_argument("--cpu-devices", type=int, help="split the CPU into N logical devices (mirrored on CPU)")
     parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="float32 (official) or mixed precision (float16 with dynamic loss scaling)")
+    parser.add_argument("--accumulate", type=int, default=1, metavar="N",
+                        help="micro-batches per update: global batch = replicas x batch size x N (mean gradient)")
     parser.add_argument("--steps-per-epoch", type=int, help="cap the steps of an epoch (quick runs)")
     parser.add_argument("--train-annotations", help="training annotation file (overrides the recipe path)")
     parser.add_argument("--train-images", help="training image folder (COCO / VOC; with --preset: of --data)")
@@ -84,6 +88,8 @@ def run_train(args, recipe=None):
         val_images=None if finetune else args.val_images,
         steps_per_epoch=args.steps_per_epoch,
         evaluate=not args.no_eval,
+        precision=args.precision,
+        accumulate=args.accumulate,
     )
     trainer = Trainer(options)
     try:

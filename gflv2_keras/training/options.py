@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 import tensorflow as tf
 
+from gflv2_keras.training.precision import POLICIES
 from gflv2_keras.training.strategy import STRATEGIES
 
 DATA_FIELDS = ("train_data", "train_images", "val_data", "val_images")
@@ -44,6 +45,8 @@ OVERRIDES = {
     "tensorboard": "write TensorBoard logs (bool)",
     "save_preset": "write WORK_DIR/preset at the end (bool)",
     "verbose": "fit verbosity: 'auto', 0, 1 or 2",
+    "precision": "'float32' (official), 'bfloat16' or 'float16' (mixed precision; float16 with loss scaling)",
+    "accumulate": "micro-batches per optimizer update (int >= 1): global batch = replicas x batch_per_replica x N",
 }
 DEFAULTS = {
     "epochs": None,
@@ -61,6 +64,8 @@ DEFAULTS = {
     "tensorboard": True,
     "save_preset": True,
     "verbose": "auto",
+    "precision": "float32",
+    "accumulate": 1,
 }
 
 
@@ -77,7 +82,7 @@ class TrainOptions:
             and ``val_data`` may be None) and the ``train_split`` / ``val_split`` names.
         strategy: a name of ``STRATEGIES`` or a ``tf.distribute.Strategy``.
         cpu_devices, resume, callbacks, steps_per_epoch, jit_compile, evaluate, tensorboard,
-        save_preset, verbose: see ``OVERRIDES`` and ``trainer.train``.
+        save_preset, verbose, precision, accumulate: see ``OVERRIDES`` and ``trainer.train``.
     """
 
     recipe: MappingProxyType
@@ -93,6 +98,8 @@ class TrainOptions:
     tensorboard: bool = True
     save_preset: bool = True
     verbose: object = "auto"
+    precision: str = "float32"
+    accumulate: int = 1
 
     @property
     def max_boxes(self):
@@ -132,6 +139,9 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
             if values[new] is not None:
                 raise ValueError(f"train: pass {new} or its old name {old}, not both")
             values[new] = values[old]
+    _check("accumulate", values["accumulate"], _is_int(values["accumulate"]) and values["accumulate"] >= 1,
+           "an int >= 1")
+    _check("precision", values["precision"], values["precision"] in POLICIES, f"one of {tuple(POLICIES)}")
     for field in ("epochs", "batch_per_replica", "steps_per_epoch", "cpu_devices"):
         _check(field, values[field], values[field] is None or _is_int(values[field]) and values[field] >= 1,
                "None or an int >= 1")
@@ -178,7 +188,13 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
         cpu_devices=values["cpu_devices"],
         resume=resume,
         callbacks=callbacks,
-        **{f: values[f] for f in ("steps_per_epoch", "jit_compile", "evaluate", "tensorboard", "save_preset", "verbose")},
+        **{
+            f: values[f]
+            for f in (
+                "steps_per_epoch", "jit_compile", "evaluate", "tensorboard", "save_preset", "verbose", "precision",
+                "accumulate",
+            )
+        },
     )
 
 

@@ -53,6 +53,7 @@ from gflv2_keras.training.callbacks import LearningRateLogger, NonFiniteGuard, S
 from gflv2_keras.training.checkpoint import CheckpointCallback, latest_checkpoint, restore_checkpoint
 from gflv2_keras.training.optimizer import CoupledSGD
 from gflv2_keras.training.options import resolve_run
+from gflv2_keras.training.precision import dtype_policy_scope, wrap_for_precision
 from gflv2_keras.training.schedule import WarmupStepDecay, scale_learning_rate
 from gflv2_keras.training.strategy import (
     broadcast_from_chief,
@@ -81,7 +82,7 @@ def train(recipe, work_dir=None, *, data_root=None, strategy="none", resume=Fals
         callbacks: extra Keras callbacks (run after the built-in ones, before the progress bar).
         **overrides: ``epochs``, ``batch_per_replica``, the data paths, ``steps_per_epoch``,
             ``cpu_devices``, ``jit_compile``, ``evaluate``, ``tensorboard``, ``save_preset``,
-            ``verbose`` (``options.OVERRIDES`` says what each means). An unknown name or a bad
+            ``verbose``, ``precision``, ``accumulate`` (``options.OVERRIDES`` says what each means). An unknown name or a bad
             value raises ``ValueError`` naming it before anything is built.
 
     Returns:
@@ -102,7 +103,8 @@ class TrainingData:
 
     Attributes:
         dataset: the ``DetectionDataset`` of the training split (any layout).
-        global_batch_size: images per step over all replicas.
+        global_batch_size: images per optimizer update over all replicas and accumulated
+            micro-batches (``batch_per_replica x replicas x accumulate``).
         steps_per_epoch: one pass over the usable images, or the ``steps_per_epoch`` cap.
         epochs: epochs of the run.
         canvases: the ``(H, W)`` sizes a batch is zero-padded to (the smallest that fits it).
@@ -203,7 +205,9 @@ class Trainer:
         elif self.options.evaluate and recipe["eval_every_epochs"]:
             print("[train] evaluation off: the recipe has no validation data (val_data)")
         self.write_data_problems(dataset, val_dataset)
-        global_batch = recipe["batch_per_replica"] * self.strategy.num_replicas_in_sync
+        # With accumulation a stream batch holds the N micro-batches of one update (the official
+        # global batch), split inside the step (GFLV2Detector.make_train_function).
+        global_batch = recipe["batch_per_replica"] * self.strategy.num_replicas_in_sync * self.options.accumulate
         steps = grouped_epoch_steps(dataset, global_batch)
         if self.options.steps_per_epoch:
             steps = min(steps, self.options.steps_per_epoch)
@@ -243,10 +247,11 @@ class Trainer:
 
     def describe(self, data, schedule):
         """Prints the run in one line."""
-        recipe, replicas = self.recipe, self.strategy.num_replicas_in_sync
+        recipe, replicas, accumulate = self.recipe, self.strategy.num_replicas_in_sync, self.options.accumulate
         print(
             f"[train] recipe {recipe['name']}: preset {recipe['preset']}, {replicas} replica(s) x "
-            f"{recipe['batch_per_replica']} = global batch {data.global_batch_size}, lr {schedule.base_lr:g}, "
+            f"{recipe['batch_per_replica']}" + (f" x {accumulate} accumulated" if accumulate > 1 else "")
+            + f" = global batch {data.global_batch_size}, lr {schedule.base_lr:g}, precision {self.options.precision}, "
             f"{recipe['epochs']} epochs x {data.steps_per_epoch} steps, {len(data.canvases)} canvases up to "
             f"{max(h for h, _ in data.canvases)}x{max(w for _, w in data.canvases)}, "
             f"XLA {'on' if self.options.jit_compile else 'off'}, work dir {self.options.work_dir}"
@@ -267,7 +272,7 @@ class Trainer:
             "bounding_box_format": "xyxy",
         }
         keras.utils.set_random_seed(int(recipe["seed"]))
-        with self.strategy.scope():
+        with self.strategy.scope(), dtype_policy_scope(self.options.precision):
             if recipe["init_weights"]:
                 model = GFLV2Detector.from_preset(recipe["init_weights"], load_weights=True, **classes)
             else:
@@ -281,6 +286,8 @@ class Trainer:
                 momentum=recipe["momentum"],
                 weight_decay=recipe["weight_decay"],
                 jit_compile=self.options.jit_compile,
+                precision=self.options.precision,
+                accumulate=self.options.accumulate,
             )
         return patch_keras_for_multi_worker(model, self.strategy)
 
@@ -294,6 +301,8 @@ class Trainer:
             "global_batch_size": data.global_batch_size,
             "shuffle_seed": recipe["seed"],
             "epochs": recipe["epochs"],
+            "precision": self.options.precision,
+            "accumulate": self.options.accumulate,
             "base_lr": schedule.base_lr,
             "run_id": self.run_id,
         }
@@ -445,21 +454,31 @@ def training_stream(dataset, recipe, global_batch_size, canvases, max_boxes, str
     return shard_for(strategy, stream)
 
 
-def compile_for_training(model, learning_rate, momentum=0.9, weight_decay=1e-4, jit_compile=False):
+def compile_for_training(
+    model, learning_rate, momentum=0.9, weight_decay=1e-4, jit_compile=False, precision="float32", accumulate=1
+):
     """Compiles ``model`` with ``CoupledSGD`` (the official ``torch.optim.SGD``) and builds its state.
 
     Args:
-        model: a built ``GFLV2Detector`` (under the strategy scope when there is one).
-        learning_rate: float or schedule (``WarmupStepDecay``).
+        model: a built ``GFLV2Detector`` (under the strategy scope when there is one; built under
+            the dtype policy of ``precision``, ``precision.dtype_policy_scope``).
+        learning_rate: float or schedule (``WarmupStepDecay``); the schedule counts optimizer
+            updates, not micro-batches.
         momentum, weight_decay: SGD momentum and coupled L2 (official 0.9 and 1e-4).
         jit_compile: compile the training step with XLA.
+        precision: ``"float16"`` wraps the optimiser in ``LossScaleOptimizer``
+            (``precision.wrap_for_precision``); the other names leave it as is.
+        accumulate: micro-batches per update (``GFLV2Detector.accumulate_steps``): each batch
+            given to ``fit`` is split into ``accumulate`` equal micro-batches whose mean gradient
+            makes one update.
 
     Returns:
         the optimiser, whose variables exist (so a checkpoint can be restored into them).
     """
     if not model.built:
         raise ValueError("compile_for_training: build the model first (model.build_for_inference())")
-    optimizer = CoupledSGD(learning_rate, momentum=momentum, weight_decay=weight_decay)
+    optimizer = wrap_for_precision(CoupledSGD(learning_rate, momentum=momentum, weight_decay=weight_decay), precision)
+    model.accumulate_steps = int(accumulate)
     model.compile(optimizer=optimizer, jit_compile=bool(jit_compile))
     optimizer.build(model.trainable_variables)
     return optimizer
