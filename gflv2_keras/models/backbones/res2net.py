@@ -85,7 +85,7 @@ class Bottle2neck(_Block):
         self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1", dtype=self.dtype_policy)
         self.convs = [
             make_conv(self.width, 3, f"{prefix}.convs.{i}", strides=stride, dcn=dcn, dtype=self.dtype_policy)
-            for i in range(scales - 1, dtype=self.dtype_policy)
+            for i in range(scales - 1)
         ]
         self.bns = [BatchNorm(frozen_stats, name=f"{prefix}.bns.{i}", dtype=self.dtype_policy) for i in range(scales - 1)]
         self.conv3 = make_conv(planes * self.expansion, 1, f"{prefix}.conv3", dtype=self.dtype_policy)
