@@ -147,7 +147,13 @@ def usable_records(dataset, check_files="header", max_boxes=None):
     """The records a pipeline reads: unreadable files left out and reported, ``max_boxes`` overflow logged."""
     records = check_image_files(dataset, check_files) if check_files else dataset.usable_records()
     if not records:
-        raise ValueError(f"build_dataset: no usable image in {dataset.annotation_file}")
+        first = next(iter(dataset.unreadable.items()), None)
+        raise ValueError(
+            f"{dataset.annotation_file}: no readable training image ({len(dataset.unreadable)} of "
+            f"{len(dataset.records)} image files missing or unreadable"
+            + (f", first: image id {first[0]}: {first[1]}" if first else "")
+            + f"; image folder {dataset.image_dir})"
+        )
     if dataset.unreadable:
         logger.warning(
             "%s: %d of %d images left out as unreadable (ids %s)",
