@@ -23,14 +23,13 @@ portable implementation; no custom op is in any artifact.
 """
 
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import tensorflow as tf
 
 from gflv2_keras.export.graph import default_input_size, inference_function
+from gflv2_keras.utils.files import publish_directory, refuse_existing
 
 FORMATS = ("saved_model", "onnx", "litert", "openvino")
 METADATA_FILE = "export.json"
@@ -78,8 +77,7 @@ def export_portable(detector, fmt, output, input_size=None, batch_size=1, box_la
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
     target = Path(output)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    refuse_existing(target, overwrite, "export")
     for module in {"onnx": ["tf2onnx", "onnx"], "litert": [], "openvino": ["tf2onnx", "onnx", "openvino"]}[fmt]:
         require(module, fmt)
     if not detector.built or not detector.weights:
@@ -101,19 +99,13 @@ def export_portable(detector, fmt, output, input_size=None, batch_size=1, box_la
         "test_config": {k: detector.test_config[k] for k in ("score_threshold", "iou_threshold", "max_detections")},
         "preset": preset,
     }
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    try:
+    def write(staging):
         WRITERS[fmt](function, staging, weights, detector)
         if not nms_inside:
             shutil.copyfile(Path(__file__).with_name("numpy_postprocess.py"), staging / "postprocess.py")
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    publish_directory(target, write, overwrite=overwrite, what="export")
     return target
 
 

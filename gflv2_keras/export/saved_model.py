@@ -84,13 +84,12 @@ Usage::
 """
 
 import contextlib
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+
+from gflv2_keras.utils.files import publish_directory, refuse_existing
 
 try:
     from gflv2_keras.layers.deform_conv2d import force_portable
@@ -277,7 +276,7 @@ def export_saved_model(detector, output_dir, version=1, overwrite=False, warmup=
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"version must be a non-negative integer, got {version!r}")
     target = Path(output_dir) / str(version)
-    _refuse_existing(target, overwrite)
+    refuse_existing(target, overwrite, "model version")
     finish = _warmup_writer(Path(output_dir).resolve().name) if warmup else None
     archive = _build_export_archive(detector, **_distribution_options(box_distributions))
     return _write_atomically(archive, target, overwrite, finish=finish)
@@ -315,7 +314,7 @@ def export_keras_archive(detector, path, overwrite=False, box_distributions=Fals
         ``Path`` of the written folder.
     """
     target = Path(path)
-    _refuse_existing(target, overwrite)
+    refuse_existing(target, overwrite, "model version")
     archive = _build_export_archive(detector, keras_endpoint=True, **_distribution_options(box_distributions))
     return _write_atomically(archive, target, overwrite)
 
@@ -339,11 +338,6 @@ def directory_size(path):
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def _refuse_existing(target, overwrite):
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-
-
 def _write_archive(archive, directory):
     with force_portable():
         archive.write_out(str(directory), verbose=False)
@@ -354,10 +348,7 @@ def _write_atomically(archive, target, overwrite, finish=None):
 
     ``finish(staging_dir)``, if given, adds files (e.g. warm-up requests) before the rename.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    def write(staging):
         _write_archive(archive, staging)
         custom = sorted(op for op in saved_model_op_types(staging) if op.startswith(CUSTOM_OP_PREFIX))
         if custom:
@@ -367,26 +358,5 @@ def _write_atomically(archive, target, overwrite, finish=None):
             )
         if finish is not None:
             finish(staging)
-        _refuse_existing(target, overwrite)
-        if target.exists():
-            retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, retired)
-            try:
-                os.rename(staging, target)
-            except OSError:
-                os.rename(retired, target)
-                raise
-            _remove(retired)
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        _remove(staging)
-        raise
-    return target
 
-
-def _remove(path):
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
+    return publish_directory(target, write, overwrite=overwrite, what="model version")
