@@ -60,14 +60,9 @@ def run(args):
     if target.exists() and not args.overwrite:
         return _fail(f"{target} already exists; choose another --version or pass --overwrite")
 
-    from gflv2_keras import GFLV2Detector
     from gflv2_keras.export.saved_model import directory_size, export_saved_model
 
-    print(f"[1/2] loading preset {args.preset}{' (random weights)' if args.random_weights else ''}", flush=True)
-    try:
-        detector = GFLV2Detector.from_preset(args.preset, load_weights=not args.random_weights)
-    except (FileNotFoundError, ValueError) as error:
-        return _fail(str(error))
+    detector = _load_detector(args)
     print(f"[2/2] tracing and writing the SavedModel to {target}", flush=True)
     start = time.perf_counter()
     try:
@@ -96,19 +91,25 @@ def run(args):
     return 0
 
 
+def _load_detector(args):
+    """The preset's detector (step 1 of 2); a missing preset or weights raises one clear error."""
+    from gflv2_keras import GFLV2Detector
+
+    print(f"[1/2] loading preset {args.preset}{' (random weights)' if args.random_weights else ''}", flush=True)
+    try:
+        return GFLV2Detector.from_preset(args.preset, load_weights=not args.random_weights)
+    except FileNotFoundError as error:  # its message says how to obtain the weights
+        raise ValueError(str(error)) from None
+
+
 def _run_portable(args):
     target = Path(args.output)
     if target.exists() and not args.overwrite:
         return _fail(f"{target} already exists; choose another --output or pass --overwrite")
-    from gflv2_keras import GFLV2Detector
     from gflv2_keras.export.formats import MissingRuntimeError, export_portable
     from gflv2_keras.export.saved_model import directory_size
 
-    print(f"[1/2] loading preset {args.preset}{' (random weights)' if args.random_weights else ''}", flush=True)
-    try:
-        detector = GFLV2Detector.from_preset(args.preset, load_weights=not args.random_weights)
-    except (FileNotFoundError, ValueError) as error:
-        return _fail(str(error))
+    detector = _load_detector(args)
     print(f"[2/2] converting to {args.format} ({args.weights}) in {target}", flush=True)
     start = time.perf_counter()
     try:
