@@ -211,3 +211,25 @@ def test_missing_runtime_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import raises ImportError
     with pytest.raises(formats.MissingRuntimeError, match=r"gflv2-keras\[openvino\]"):
         formats.require("openvino", "openvino")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=needs_extra(f)) for f in ("onnx", "litert", "openvino")])
+def test_r50_preset_export_runs_in_its_runtime_like_detect(fmt, tmp_path):
+    """The full-size R-50 preset (random weights, low threshold), exported at 320x480: the same check."""
+    import keras
+
+    from gflv2_keras import GFLV2Detector
+
+    keras.utils.set_random_seed(0)
+    detector = GFLV2Detector.from_preset(
+        "gflv2_r50_fpn_1x_coco", load_weights=False, test_config={"score_threshold": 0.02}
+    ).build_for_inference()
+    detector.save_to_preset(tmp_path / "preset")
+    images = [pattern(320, 480, seed) for seed in range(2)]
+    references = [detector.detect(image) for image in images]
+    folder = tmp_path / fmt
+    code, _, err = run_cli("export", "--format", fmt, "--preset", str(tmp_path / "preset"), "--output", str(folder),
+                           "--input-size", "320", "480")  # fmt: skip
+    assert code == 0, err
+    assert_parity(run_fresh(folder, images, tmp_path), references)
