@@ -216,14 +216,14 @@ def test_missing_runtime_names_the_extra(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", [pytest.param(f, marks=needs_extra(f)) for f in ("onnx", "litert", "openvino")])
 def test_r50_preset_export_runs_in_its_runtime_like_detect(fmt, tmp_path):
-    """The full-size R-50 preset (random weights, low threshold), exported at 320x480: the same check."""
+    """The full-size R-50 preset (random weights, threshold 0), exported at 320x480: the same check."""
     import keras
 
     from gflv2_keras import GFLV2Detector
 
     keras.utils.set_random_seed(0)
     detector = GFLV2Detector.from_preset(
-        "gflv2_r50_fpn_1x_coco", load_weights=False, test_config={"score_threshold": 0.02}
+        "gflv2_r50_fpn_1x_coco", load_weights=False, test_config={"score_threshold": 0.0}
     ).build_for_inference()
     detector.save_to_preset(tmp_path / "preset")
     images = [pattern(320, 480, seed) for seed in range(2)]
