@@ -5,6 +5,7 @@ import pytest
 from gflv2_keras.benchmarks import runtime_benchmark
 
 
+@pytest.mark.slow
 def test_tf_and_onnxruntime_rows(nano_factory, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")

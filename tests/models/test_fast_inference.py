@@ -97,8 +97,10 @@ def test_every_layer_gets_the_dtype_policy(state_dict):
     layers = list(detector._flatten_layers())
     wrong = [layer.name for layer in layers if layer.dtype_policy.name != "mixed_bfloat16"]
     assert len(layers) > 50 and not wrong, wrong
+    features = detector.neck(detector.backbone(np.zeros((1, 64, 64, 3), np.float32)))
+    assert all(f.dtype == "bfloat16" for f in features)  # the network computes in bfloat16 ...
     out = detector(np.zeros((1, 64, 64, 3), np.float32))
-    assert out["confidence"].dtype == "bfloat16"
+    assert out["confidence"].dtype == "float32"  # ... and the head's final score math in float32
     assert all(w.dtype == "float32" for w in detector.weights)  # mixed: float32 variables
 
 
@@ -140,6 +142,7 @@ def test_bn_folding_equals_the_unfolded_network(fp32):
     np.testing.assert_array_equal(np.asarray(fp32(x)["box_logits"]), np.asarray(plain["box_logits"]))
 
 
+@pytest.mark.slow
 def test_xla_network_equals_the_graph_network(state_dict):
     jit = _detector(state_dict, inference_jit=True)
     graph = _detector(state_dict, inference_jit=False)

@@ -52,7 +52,7 @@ def pipeline_loss(records, nano_factory):
     return fit_loss(nano_factory(seed=4, num_classes=5, input_scale=SCALE), pipeline)
 
 
-@pytest.mark.parametrize("box_format", ["xyxy", "rel_xywh"])
+@pytest.mark.parametrize("box_format", ["xyxy", pytest.param("rel_xywh", marks=pytest.mark.slow)])
 def test_fit_on_raw_samples_gives_the_pipeline_loss(records, nano_factory, pipeline_loss, box_format):
     expected = pipeline_loss
     model = nano_factory(seed=4, num_classes=5, input_scale=SCALE, bounding_box_format=box_format)

@@ -49,7 +49,7 @@ def _mean_micro_gradients(model, x, y, steps):
     return [g / steps for g in total]
 
 
-@pytest.mark.parametrize("steps", [2, 4])
+@pytest.mark.parametrize("steps", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_one_accumulated_update_is_coupled_sgd_on_the_mean_micro_gradient(nano_factory, rng, steps):
     # Micro-batches of 4 or 2 images. (Odd batch sizes are avoided: TensorFlow's CPU conv
     # backprop segfaults on this nano model for batches of 1 or 3 images, on main too.)
