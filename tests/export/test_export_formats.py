@@ -232,4 +232,17 @@ def test_r50_preset_export_runs_in_its_runtime_like_detect(fmt, tmp_path):
     code, _, err = run_cli("export", "--format", fmt, "--preset", str(tmp_path / "preset"), "--output", str(folder),
                            "--input-size", "320", "480")  # fmt: skip
     assert code == 0, err
-    assert_parity(run_fresh(folder, images, tmp_path), references)
+    # Random full-size weights give near-tied scores, whose order may swap between runtimes: match
+    # each detection to one of the same label, box and score instead of comparing by position.
+    # Detections within 1e-3 of the 100th score may trade places across the cut-off: those are not compared.
+    for result, reference in zip(run_fresh(folder, images, tmp_path), references):
+        assert len(result["boxes"]) == len(reference["boxes"]) > 0
+        cutoff = float(np.min(reference["confidence"])) + 1e-3
+        unmatched = list(range(len(reference["boxes"])))
+        for box, score, label in zip(result["boxes"], result["confidence"], result["labels"]):
+            if score < cutoff:
+                continue
+            match = next(j for j in unmatched if reference["labels"][j] == label
+                         and np.abs(reference["boxes"][j] - box).max() <= 0.5
+                         and abs(reference["confidence"][j] - score) <= 1e-3)  # fmt: skip
+            unmatched.remove(match)
