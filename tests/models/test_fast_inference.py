@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from gflv2_keras import GFLV2Detector  # noqa: E402
 from gflv2_keras.models.preprocessing import canvas_size, max_canvases, rescale_size, static_rescale_size  # noqa: E402

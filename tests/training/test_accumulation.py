@@ -6,12 +6,10 @@ The reference is computed independently here: eager per-micro-batch gradients of
 ``compute_loss``, averaged in NumPy, and the PyTorch SGD rule written out in float64 NumPy.
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from gflv2_keras.training.optimizer import CoupledSGD
 from gflv2_keras.training.trainer import compile_for_training, train
 
 LR, MOMENTUM, DECAY = 0.05, 0.9, 1e-3
