@@ -21,7 +21,7 @@ COMMANDS = {
     "train": ("gflv2_keras.training.cli", "train a detector with a recipe"),
     "evaluate": ("gflv2_keras.evaluation.cli", "COCO bbox AP of a preset on an annotation file"),
     "predict": ("gflv2_keras.inference.cli", "detect objects in images; writes drawn pictures and JSON"),
-    "export": ("gflv2_keras.export.cli", "export a detector for serving (TF Serving SavedModel)"),
+    "export": ("gflv2_keras.export.cli", "export a detector: TF Serving SavedModel, ONNX, LiteRT or OpenVINO"),
     "convert": ("gflv2_keras.convert.cli", "convert an official GFocalV2 PyTorch checkpoint (.pth) into a preset folder"),
     "benchmark": ("gflv2_keras.benchmarks.cli", "time inference like the official tools/benchmark.py"),
     "presets": ("gflv2_keras.presets_cli", "list the built-in presets"),

@@ -92,14 +92,11 @@ def run(args):
 
 
 def _load_detector(args):
-    """The preset's detector (step 1 of 2); a missing preset or weights raises one clear error."""
+    """The preset's detector (step 1 of 2); a missing preset or weights raises a clear error for the CLI."""
     from gflv2_keras import GFLV2Detector
 
     print(f"[1/2] loading preset {args.preset}{' (random weights)' if args.random_weights else ''}", flush=True)
-    try:
-        return GFLV2Detector.from_preset(args.preset, load_weights=not args.random_weights)
-    except FileNotFoundError as error:  # its message says how to obtain the weights
-        raise ValueError(str(error)) from None
+    return GFLV2Detector.from_preset(args.preset, load_weights=not args.random_weights)
 
 
 def _run_portable(args):

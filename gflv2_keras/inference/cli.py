@@ -50,7 +50,7 @@ def register(subparsers):
         "--output", default="predictions", help="output folder (default: ./predictions); never an input folder"
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace STEM.jpg/STEM.json files already in --output"
+        "--overwrite", action="store_true", help="replace output files (STEM.jpg, STEM.json, STEM_explain.png) already in --output"
     )
     parser.add_argument(
         "--max-image-pixels",
@@ -84,7 +84,8 @@ def run(args):
         raise UserError("no images to process")
     output = Path(args.output)
     stems = plan_output_stems(paths)
-    check_output_folder(args.inputs, output, stems, args.overwrite)
+    suffixes = (".jpg", ".json") + (("_explain.png",) if args.explain is not None else ())
+    check_output_folder(args.inputs, output, stems, args.overwrite, suffixes)
 
     from gflv2_keras.inference.draw import draw_detections, draw_side_bands, draw_side_distributions
 
@@ -162,7 +163,7 @@ def plan_output_stems(paths):
     return stems
 
 
-def check_output_folder(inputs, output, stems, overwrite):
+def check_output_folder(inputs, output, stems, overwrite, suffixes=(".jpg", ".json")):
     """Refuses an output folder that is (or lies inside) an input folder, and existing outputs.
 
     Raises ``UserError`` naming the folder or the first files that would be replaced (those are
@@ -178,7 +179,7 @@ def check_output_folder(inputs, output, stems, overwrite):
                 f"--output {output} is inside the input folder {item}: the pictures would mix with (or replace) "
                 "your images; choose an output folder outside the inputs"
             )
-    existing = [output / f"{stem}{suffix}" for stem in stems for suffix in (".jpg", ".json")]
+    existing = [output / f"{stem}{suffix}" for stem in stems for suffix in suffixes]
     existing = [p for p in existing if p.exists()]
     if existing and not overwrite:
         shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")

@@ -135,3 +135,15 @@ def test_a_decompression_bomb_is_skipped_and_the_rest_processed(tmp_path, capsys
     assert code == 1 and "a_huge.png: image larger than the limit of 100,000 pixels" in captured.err
     assert (tmp_path / "out" / "b_small.json").is_file() and not (tmp_path / "out" / "a_huge.json").exists()
     assert "Traceback" not in captured.err
+
+
+def test_explain_refuses_to_replace_an_existing_picture(tmp_path, capsys):
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_explain.png").write_bytes(b"the user's own picture")
+    args = ["predict", str(tmp_path / "a.png"), "--preset", "gflv2_test_r18_nano", "--random-weights",
+            "--output", str(out), "--explain", "0"]
+    assert main(args) == 2
+    assert "a_explain.png" in capsys.readouterr().err
+    assert (out / "a_explain.png").read_bytes() == b"the user's own picture"
