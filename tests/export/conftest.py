@@ -16,11 +16,19 @@ from serving_support import CLASS_NAMES, decode, sample_images
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, nano_factory):
-    """The nano preset (random weights, threshold 0 so there are detections) exported via the CLI."""
+def scoring_nano(tmp_path_factory, nano_factory):
+    """``(detector, root)``: the nano preset with random weights and threshold 0 (so there are
+    detections), saved as the preset folder ``root / "preset"``."""
     detector = nano_factory(seed=0, test_config={"score_threshold": 0.0}, class_names=CLASS_NAMES)
     root = tmp_path_factory.mktemp("export")
     detector.save_to_preset(root / "preset")
+    return detector, root
+
+
+@pytest.fixture(scope="session")
+def exported(scoring_nano):
+    """That preset exported via the CLI as TF Serving model version 3."""
+    detector, root = scoring_nano
     base = root / "models" / "gflv2_nano"
     stdout = io.StringIO()
     start = time.perf_counter()

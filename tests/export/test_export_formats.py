@@ -19,9 +19,10 @@ import pytest
 
 from gflv2_keras.cli import main
 
+from serving_support import CLASS_NAMES
+
 PRESET = "gflv2_test_r18_nano"
 SIZE = (96, 128)  # the nano preset's input scale (128, 96) as a landscape image
-CLASS_NAMES = ["circle", "square", "triangle"]
 EXTRA_MODULES = {"onnx": ("tf2onnx", "onnx", "onnxruntime"), "litert": ("ai_edge_litert",),
                  "openvino": ("tf2onnx", "onnx", "openvino")}  # fmt: skip
 
@@ -48,12 +49,9 @@ def run_cli(*argv):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, nano_factory):
-    """Nano preset with random weights and threshold 0 (so there are detections), saved as a preset folder."""
-    detector = nano_factory(seed=0, test_config={"score_threshold": 0.0}, class_names=CLASS_NAMES)
-    detector.build_for_inference()
-    root = tmp_path_factory.mktemp("formats")
-    detector.save_to_preset(root / "preset")
+def setup(scoring_nano):
+    """The shared scoring nano preset (``conftest.scoring_nano``), its test images and their detections."""
+    detector, root = scoring_nano
     images = [pattern(*SIZE, seed) for seed in range(2)]
     return detector, root, images, [detector.detect(image) for image in images]
 
