@@ -1,9 +1,12 @@
 """The ``gflv2`` entry point: fast quiet help, one-line errors, exit codes."""
 
+import argparse
 import subprocess
 import sys
 
-from gflv2_keras.cli import main
+import pytest
+
+from gflv2_keras.cli import COMMANDS, build_parser, main
 from gflv2_keras.utils.cli import EXIT_USER_ERROR
 
 
@@ -27,6 +30,14 @@ def test_help_lists_every_command_without_importing_tensorflow():
     assert "LOADED []" in result.stdout
     for command in ("demo", "train", "evaluate", "predict", "export", "convert", "benchmark", "presets", "recipes"):
         assert f"    {command}" in result.stdout
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_builds_its_parser(command):
+    """Each command's own options register without clashes (a duplicated flag only shows at run time)."""
+    parser = build_parser(command)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert subparsers.choices[command].format_help().startswith(f"usage: gflv2 {command}")
 
 
 def test_a_user_mistake_is_one_quiet_line_and_exit_code_2(tmp_path):

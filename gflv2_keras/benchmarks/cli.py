@@ -10,7 +10,8 @@ def register(subparsers):
                         help="comma list of float32,bfloat16 (bfloat16: dtype='mixed_bfloat16')")
     parser.add_argument("--batches", default="1", help="comma list of predict batch sizes for images/s (e.g. 1,2,4)")
     parser.add_argument("--torch", action="store_true",
-                        help="also time the PyTorch reference of the tests (source checkout, torch installed)")
+                        help="also time the independent PyTorch GFLv2 of the tests (inference, and with --training the "
+                             "same training step); needs PyTorch and a source checkout (tests/torch_reference)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant")
     parser.add_argument("--repeats", "--iterations", dest="repeats", type=int, default=5,
                         help="interleaved timed rounds; the median is reported")
@@ -23,9 +24,6 @@ def register(subparsers):
     parser.add_argument("--train-warmup", type=int, default=2, help="untimed training steps (default 2)")
     parser.add_argument("--train-iterations", type=int, default=5, help="timed training steps; the median is reported")
     parser.add_argument("--train-modes", default="graph,xla", help="comma list of graph,xla (our training step)")
-    parser.add_argument("--torch", action="store_true",
-                        help="with --training: also time the same step in the independent PyTorch GFLv2 "
-                             "(needs PyTorch and a source checkout: tests/torch_reference)")
     parser.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads for --torch (default 2)")
     parser.add_argument("--skip-detector", action="store_true", help="skip the inference table")
     parser.add_argument("--runtime", help="only compare detect latency of these runtimes (comma list of tf,"
