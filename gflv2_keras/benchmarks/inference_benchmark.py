@@ -6,7 +6,7 @@
 * the network's FLOPs (TF profiler on the traced graph) and so the floor time per precision;
 * per precision (``float32``, ``bfloat16`` = ``dtype="mixed_bfloat16"`` on every layer) and
   mode: ``network`` (backbone + FPN + head alone, ``tf.function``, BN folded: what the
-  compiled path runs), ``network-xla`` (the same under XLA) and ``predict`` (``detector.predict``
+  compiled path runs, with the head's GroupNorm + ReLU fused), ``network-xla`` (the same under XLA) and ``predict`` (``detector.predict``
   of a uint8 image end to end: resize, normalise, pad, network, decoding, NMS, in the
   compiled per-canvas function with the default XLA choice), and ``pre + post`` = predict -
   network in the mode predict uses;
@@ -94,7 +94,7 @@ def _keras_variants(detector, precision, image, batches):
     """The timed callables of one Keras detector: network, network-xla, predict (+ batches)."""
     import tensorflow as tf
 
-    from gflv2_keras.models.fast_inference import folded_norms, resolve_jit
+    from gflv2_keras.models.fast_inference import folded_norms, fused_group_norms, resolve_jit
     from gflv2_keras.models.preprocessing import canvas_size
 
     height, width = canvas_size(image.shape[0], image.shape[1], detector.input_scale)
@@ -102,7 +102,7 @@ def _keras_variants(detector, precision, image, batches):
 
     def network_fn(jit):
         def forward(x):
-            with folded_norms(detector):
+            with folded_norms(detector), fused_group_norms(detector):
                 return detector(x, training=False)
 
         fn = tf.function(forward, jit_compile=jit, autograph=False)

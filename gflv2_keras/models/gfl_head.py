@@ -122,10 +122,12 @@ class GFLHead(keras.layers.Layer):
             for i in range(self.stacked_convs)
         ]
 
-    @staticmethod
-    def _run_tower(tower, x):
+    def _run_tower(self, tower, x):
+        # ``norm_relu`` may be swapped for a fused kernel while in-process inference is traced
+        # (``models.fast_inference.fused_group_norms``); the layers themselves stay portable.
+        norm_relu = getattr(self, "norm_relu", None) or _norm_relu
         for conv, norm in tower:
-            x = ops.relu(norm(conv(x)))
+            x = norm_relu(norm, conv(x))
         return x
 
     def level_forward(self, feature, level):
@@ -182,6 +184,10 @@ class GFLHead(keras.layers.Layer):
             "prior_prob": self.prior_prob,
             "prefix": self.prefix,
         }
+
+
+def _norm_relu(norm, x):
+    return ops.relu(norm(x))
 
 
 def _flatten_points(x):

@@ -141,6 +141,29 @@ def test_bn_folding_equals_the_unfolded_network(fp32):
     np.testing.assert_array_equal(np.asarray(fp32(x)["box_logits"]), np.asarray(plain["box_logits"]))
 
 
+@pytest.mark.parametrize("dtype, atol", [("float32", 2e-5), ("mixed_bfloat16", 0.05)])
+def test_fused_group_norm_relu_equals_a_float64_reference(dtype, atol):
+    from gflv2_keras.models.fast_inference import group_norm_relu
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 37, 53, 64)) * 3.0 + 1.5  # a large mean: a naive float32 variance loses digits
+    norm = keras.layers.GroupNormalization(groups=8, epsilon=1e-5, dtype=dtype)
+    norm.build(x.shape)
+    norm.gamma.assign(rng.normal(size=64))
+    norm.beta.assign(rng.normal(size=64))
+    grouped = x.reshape(2, 37, 53, 8, 8)
+    mean = grouped.mean(axis=(1, 2, 4), keepdims=True)
+    var = grouped.var(axis=(1, 2, 4), keepdims=True)
+    expected = np.maximum(((grouped - mean) / np.sqrt(var + 1e-5)).reshape(x.shape) * np.asarray(norm.gamma)
+                          + np.asarray(norm.beta), 0.0)
+    inputs = keras.ops.cast(x, norm.compute_dtype)
+    fused = group_norm_relu(norm, inputs)
+    assert fused.dtype == norm.compute_dtype
+    np.testing.assert_allclose(np.asarray(keras.ops.cast(fused, "float32")), expected, atol=atol)
+    layer = np.asarray(keras.ops.cast(keras.ops.relu(norm(inputs)), "float32"))
+    np.testing.assert_allclose(layer, expected, atol=atol * 10)  # the layer is the less accurate one
+
+
 @pytest.mark.slow
 def test_xla_network_equals_the_graph_network(state_dict):
     jit = _detector(state_dict, inference_jit=True)
