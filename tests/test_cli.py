@@ -40,6 +40,17 @@ def test_every_command_builds_its_parser(command):
     assert subparsers.choices[command].format_help().startswith(f"usage: gflv2 {command}")
 
 
+def test_no_command_s_help_imports_tensorflow():
+    """``gflv2 CMD --help`` is instant and quiet: building any command's parser loads no TensorFlow."""
+    probe = (
+        "import sys; from gflv2_keras.cli import build_parser; build_parser(sys.argv[1]); "
+        "print('LOADED', sorted(m for m in ('tensorflow', 'keras', 'torch') if m in sys.modules))"
+    )
+    for command in COMMANDS:
+        result = subprocess.run([sys.executable, "-c", probe, command], capture_output=True, text=True, timeout=120)
+        assert "LOADED []" in result.stdout, (command, result.stdout, result.stderr[-2000:])
+
+
 def test_a_user_mistake_is_one_quiet_line_and_exit_code_2(tmp_path):
     result = _gflv2("train", "--recipe", "no_such_recipe", "--data-root", str(tmp_path))
     assert result.returncode == EXIT_USER_ERROR

@@ -8,23 +8,15 @@
   layout) into a detector's backbone, the start of every official training recipe.
 """
 
-from gflv2_keras.convert.checkpoint import CheckpointReadError, read_official_checkpoint
-from gflv2_keras.convert.mapping import (
-    CheckpointMismatchError,
-    ConversionReport,
-    DCNMismatchError,
-    convert_checkpoint,
-    convert_state_dict,
-    load_backbone_weights,
-)
+from gflv2_keras.utils.lazy import lazy_exports
 
-__all__ = [
-    "CheckpointMismatchError",
-    "CheckpointReadError",
-    "ConversionReport",
-    "DCNMismatchError",
-    "convert_checkpoint",
-    "convert_state_dict",
-    "load_backbone_weights",
-    "read_official_checkpoint",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "CheckpointMismatchError": "mapping",
+    "CheckpointReadError": "checkpoint",
+    "ConversionReport": "mapping",
+    "DCNMismatchError": "mapping",
+    "convert_checkpoint": "mapping",
+    "convert_state_dict": "mapping",
+    "load_backbone_weights": "mapping",
+    "read_official_checkpoint": "checkpoint",
+})

@@ -3,22 +3,14 @@
 See ``gflv2_keras.export.saved_model`` for the signatures (names, dtypes, shapes, box order).
 """
 
-from gflv2_keras.export.saved_model import (
-    BYTES_SIGNATURE,
-    KERAS_ENDPOINT,
-    TENSOR_SIGNATURE,
-    directory_size,
-    export_keras_archive,
-    export_saved_model,
-    saved_model_op_types,
-)
+from gflv2_keras.utils.lazy import lazy_exports
 
-__all__ = [
-    "BYTES_SIGNATURE",
-    "KERAS_ENDPOINT",
-    "TENSOR_SIGNATURE",
-    "directory_size",
-    "export_keras_archive",
-    "export_saved_model",
-    "saved_model_op_types",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "BYTES_SIGNATURE": "saved_model",
+    "KERAS_ENDPOINT": "saved_model",
+    "TENSOR_SIGNATURE": "saved_model",
+    "directory_size": "saved_model",
+    "export_keras_archive": "saved_model",
+    "export_saved_model": "saved_model",
+    "saved_model_op_types": "saved_model",
+})
