@@ -145,7 +145,7 @@ def test_fine_tuning_beats_training_from_scratch(layout, shapes_preset, tuning_d
         assert cli_main(command) == 0
         scores[mode] = json.loads((work_dir / "history.json").read_text())[-1]["val_AP"]
     print(f"\n[fine-tune] {layout}: held-out AP fine-tuned {scores['tuned']:.3f}, from scratch {scores['scratch']:.3f}")
-    # Measured (this CPU; BENCHMARKS.md, Fine-tuning): see the table there for the three layouts.
+    # Measured (BENCHMARKS.md, Fine-tuning): tuned 0.090 / 0.087 / 0.090 vs scratch 0.061 / 0.065 / 0.059 (VOC / YOLO / COCO).
     assert scores["tuned"] > scores["scratch"] + 0.01, scores
 
 
