@@ -94,7 +94,7 @@ def group_norm_relu(norm, x):
 
     Statistics and the affine are float32 whatever ``x``'s dtype; the result has ``x``'s dtype.
     """
-    if not (norm.center and norm.scale) or norm.axis not in (-1, 3):
+    if not (norm.built and norm.center and norm.scale) or norm.axis not in (-1, 3):
         return ops.relu(norm(x))
     gamma, beta = (tf.convert_to_tensor(v) for v in (norm.gamma, norm.beta))  # read here: tensors trace
     return _xla_group_norm_relu(x, gamma, beta, groups=norm.groups, epsilon=norm.epsilon)
@@ -142,6 +142,8 @@ class InferenceFunctions:
     def __call__(self, images, canvas, bounding_box_format, return_box_distributions=False):
         """Run ``detect_batch`` on uint8 ``[B, H, W, 3]`` images whose canvas is ``canvas``."""
         key = (tuple(canvas), bounding_box_format, bool(return_box_distributions))
+        if not self.detector.built:
+            self.detector.build_for_inference()  # variables exist before tracing (the fused kernels read them)
         if key not in self.functions:
             self.functions[key] = tf.function(
                 self._traced(*key),

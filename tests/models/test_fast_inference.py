@@ -113,6 +113,18 @@ def test_float32_fast_path_equals_reference_path(fp32):
         np.testing.assert_allclose(found["confidence"], expected["confidence"], atol=1e-4)
 
 
+def test_a_detector_never_called_before_detects_through_the_fused_path():
+    keras.utils.set_random_seed(0)
+    detector = GFLV2Detector.from_preset("gflv2_test_r18_nano", load_weights=False,
+                                         test_config={"score_threshold": 0.001, "nms_pre": 100})
+    assert not detector.built  # detect builds the variables before tracing the fused kernels
+    found = detector.detect(_images(1)[0])
+    expected = _reference_detections(detector, _images(1)[0])
+    assert len(expected["labels"]) > 0
+    np.testing.assert_array_equal(found["labels"], expected["labels"])
+    np.testing.assert_allclose(found["confidence"], expected["confidence"], atol=1e-4)
+
+
 def test_predict_and_detect_agree_in_values_and_dtypes(fp32):
     image = _images(1)[0]
     single = fp32.detect(image)
