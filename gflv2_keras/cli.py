@@ -23,7 +23,7 @@ COMMANDS = {
     "predict": ("gflv2_keras.inference.cli", "detect objects in images; writes drawn pictures and JSON"),
     "export": ("gflv2_keras.export.cli", "export a detector: TF Serving SavedModel, ONNX, LiteRT or OpenVINO"),
     "convert": ("gflv2_keras.convert.cli", "convert an official GFocalV2 PyTorch checkpoint (.pth) into a preset folder"),
-    "benchmark": ("gflv2_keras.benchmarks.cli", "time inference like the official tools/benchmark.py"),
+    "benchmark": ("gflv2_keras.benchmarks.cli", "inference / training speed against the GEMM floors and PyTorch"),
     "presets": ("gflv2_keras.presets_cli", "list the built-in presets"),
     "recipes": ("gflv2_keras.recipes.cli", "list the named training recipes"),
 }

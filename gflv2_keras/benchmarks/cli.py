@@ -1,4 +1,4 @@
-"""``gflv2 benchmark``: inference speed table (and the DCN layer table when available)."""
+"""``gflv2 benchmark``: inference speed table, and on request training, DCN-layer and runtime tables."""
 
 
 def register(subparsers):
