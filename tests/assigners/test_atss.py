@@ -6,6 +6,7 @@ import pytest
 from gflv2_keras.assigners.atss import atss_assign
 from numpy_reference.atss import IMAGE_HW, NUM_CLASSES, atss_reference, make_grid, numpy_valid_points, random_gt
 
+
 def assert_same_assignment(got, ref):
     got = {k: np.asarray(v) for k, v in got.items()}
     np.testing.assert_array_equal(got["positive"], ref["positive"])
@@ -13,6 +14,13 @@ def assert_same_assignment(got, ref):
     np.testing.assert_array_equal(got["label_weights"], ref["label_weights"])
     np.testing.assert_allclose(got["target_boxes"], ref["target_boxes"], rtol=0, atol=1e-4)
     assert got["labels"].dtype == np.int32 and got["positive"].dtype == bool
+
+
+def assert_both_float_types_match(ref, anchors, num_level, gt, classes, valid):
+    """``atss_assign`` in float64 and in float32 gives the reference assignment ``ref``."""
+    for dtype in ("float64", "float32"):
+        got = atss_assign(anchors.astype(dtype), num_level, gt.astype(dtype), classes, valid, NUM_CLASSES)
+        assert_same_assignment(got, ref)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -53,9 +61,7 @@ def test_exact_distance_and_iou_ties():
     valid = np.ones((1, anchors.shape[0]), bool)
     ref = atss_reference(anchors, num_level, gt, classes, valid, NUM_CLASSES)
     assert np.any(ref["labels"] == 3) and not np.any(ref["labels"] == 5)
-    for dtype in ("float64", "float32"):
-        got = atss_assign(anchors.astype(dtype), num_level, gt.astype(dtype), classes, valid, NUM_CLASSES)
-        assert_same_assignment(got, ref)
+    assert_both_float_types_match(ref, anchors, num_level, gt, classes, valid)
 
 
 def test_no_ground_truth():
@@ -89,9 +95,7 @@ def test_threshold_and_margin_edge_cases(anchors, num_level, gt_box, expected_po
     valid = np.ones((1, len(anchors)), bool)
     ref = atss_reference(anchors, num_level, gt, classes, valid, NUM_CLASSES)
     np.testing.assert_array_equal(ref["positive"][0], expected_positive)
-    for dtype in ("float64", "float32"):
-        got = atss_assign(anchors.astype(dtype), num_level, gt.astype(dtype), classes, valid, NUM_CLASSES)
-        assert_same_assignment(got, ref)
+    assert_both_float_types_match(ref, anchors, num_level, gt, classes, valid)
 
 
 def test_dynamic_number_of_boxes_in_a_traced_graph():

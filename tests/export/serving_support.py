@@ -29,6 +29,23 @@ K = 100  # max_detections of the test config
 CUSTOM_OP_PREFIX = "GflDeform"
 
 
+# Prelude of the scripts run in a fresh interpreter as a deployment would: the package may be
+# installed (editable) here, but a serving process must not depend on it, so refuse it first.
+WITHOUT_PROJECT_PRELUDE = r"""
+import sys
+
+
+class _NoProject:
+    def find_spec(self, name, path=None, target=None):
+        if name == "gflv2_keras" or name.startswith("gflv2_keras."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _NoProject())
+"""
+
+
 # The documented contract, written out here independently of the export module.
 EXPECTED_INPUTS = {
     "serving_default": {"image_bytes": ("DT_STRING", (-1,))},

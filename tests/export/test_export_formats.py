@@ -19,7 +19,7 @@ import pytest
 
 from gflv2_keras.cli import main
 
-from serving_support import CLASS_NAMES
+from serving_support import CLASS_NAMES, WITHOUT_PROJECT_PRELUDE
 
 PRESET = "gflv2_test_r18_nano"
 SIZE = (96, 128)  # the nano preset's input scale (128, 96) as a landscape image
@@ -56,16 +56,8 @@ def setup(scoring_nano):
     return detector, root, images, [detector.detect(image) for image in images]
 
 
-FRESH_SCRIPT = r"""
-import importlib.util, json, sys
-
-class _NoProject:
-    def find_spec(self, name, path=None, target=None):
-        if name == "gflv2_keras" or name.startswith("gflv2_keras."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-        return None
-
-sys.meta_path.insert(0, _NoProject())
+FRESH_SCRIPT = WITHOUT_PROJECT_PRELUDE + r"""
+import importlib.util, json
 import numpy as np
 
 folder, images_path, out_path = sys.argv[1:4]

@@ -26,6 +26,7 @@ from serving_support import (
     EXPECTED_OUTPUTS,
     K,
     PRESET,
+    WITHOUT_PROJECT_PRELUDE,
     as_numpy,
     assert_matches_detect,
     assert_no_custom_op,
@@ -63,20 +64,9 @@ def test_cli_relative_output_mounts_from_pwd():
     assert '-v "$PWD/models/my_detector:/models/my_detector" -e MODEL_NAME=my_detector tensorflow/serving' in text
 
 
-SUBPROCESS_SCRIPT = r"""
-import json, sys, time
+SUBPROCESS_SCRIPT = WITHOUT_PROJECT_PRELUDE + r"""
+import json, time
 
-
-class _NoProject:
-    # The package may be installed (editable) in this environment; a serving process must not
-    # depend on it, so refuse it before anything is imported.
-    def find_spec(self, name, path=None, target=None):
-        if name == "gflv2_keras" or name.startswith("gflv2_keras."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-        return None
-
-
-sys.meta_path.insert(0, _NoProject())
 try:
     import gflv2_keras
 except ModuleNotFoundError:
