@@ -6,9 +6,10 @@
 ``export.json`` (``gflv2_keras.export.formats``), at a fixed ``--input-size H W``.
 """
 
-import sys
 import time
 from pathlib import Path
+
+from gflv2_keras.utils.cli import UserError
 
 
 def register(subparsers):
@@ -46,36 +47,33 @@ def run(args):
     from gflv2_keras.export.formats import FORMATS
 
     if args.format not in FORMATS:
-        return _fail(f"unknown --format {args.format!r}; valid: {', '.join(FORMATS)}")
+        raise UserError(f"unknown --format {args.format!r}; valid: {', '.join(FORMATS)}")
     if args.format != "saved_model":
         if args.box_distributions:
-            return _fail(f"--box-distributions is available for --format saved_model only, not {args.format}")
+            raise UserError(f"--box-distributions is available for --format saved_model only, not {args.format}")
         return _run_portable(args)
     output = Path(args.output)
     if args.version < 0:
-        return _fail(f"--version must be >= 0, got {args.version}")
+        raise UserError(f"--version must be >= 0, got {args.version}")
     if not output.resolve().name:
-        return _fail(f"--output must name the model folder (DIR/MODEL_NAME), got {args.output!r}")
+        raise UserError(f"--output must name the model folder (DIR/MODEL_NAME), got {args.output!r}")
     target = output / str(args.version)
     if target.exists() and not args.overwrite:
-        return _fail(f"{target} already exists; choose another --version or pass --overwrite")
+        raise UserError(f"{target} already exists; choose another --version or pass --overwrite")
 
     from gflv2_keras.export.saved_model import directory_size, export_saved_model
 
     detector = _load_detector(args)
     print(f"[2/2] tracing and writing the SavedModel to {target}", flush=True)
     start = time.perf_counter()
-    try:
-        path = export_saved_model(
-            detector,
-            output,
-            version=args.version,
-            overwrite=args.overwrite,
-            warmup=args.warmup,
-            box_distributions=args.box_distributions,
-        )
-    except FileExistsError as error:
-        return _fail(str(error))
+    path = export_saved_model(
+        detector,
+        output,
+        version=args.version,
+        overwrite=args.overwrite,
+        warmup=args.warmup,
+        box_distributions=args.box_distributions,
+    )
     seconds = time.perf_counter() - start
     print(f"done: {path} written in {seconds:.1f} s ({directory_size(path) / 2**20:.1f} MiB)")
     print("signatures: serving_default (image_bytes: string [N]), image_tensor (image_tensor: uint8 [N, H, W, 3]),")
@@ -102,7 +100,7 @@ def _load_detector(args):
 def _run_portable(args):
     target = Path(args.output)
     if target.exists() and not args.overwrite:
-        return _fail(f"{target} already exists; choose another --output or pass --overwrite")
+        raise UserError(f"{target} already exists; choose another --output or pass --overwrite")
     from gflv2_keras.export.formats import MissingRuntimeError, export_portable
     from gflv2_keras.export.saved_model import directory_size
 
@@ -113,8 +111,8 @@ def _run_portable(args):
         path = export_portable(detector, args.format, target, input_size=args.input_size, batch_size=args.batch_size,
                                box_layout=args.box_layout, weights=args.weights, overwrite=args.overwrite,
                                preset=str(args.preset))  # fmt: skip
-    except (FileExistsError, ValueError, MissingRuntimeError) as error:
-        return _fail(str(error))
+    except MissingRuntimeError as error:  # FileExistsError / ValueError are one-line errors already
+        raise UserError(str(error)) from None
     print(f"done: {path} written in {time.perf_counter() - start:.1f} s ({directory_size(path) / 2**20:.1f} MiB)")
     print(f"run it: gflv2 predict IMAGE.jpg --model {path}")
     return 0
@@ -133,7 +131,3 @@ def _serving_instructions(output):
         ]
     )
 
-
-def _fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    return 2
