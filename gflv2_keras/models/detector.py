@@ -4,7 +4,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from gflv2_keras.models.fast_inference import InferenceFunctions, foldable_pairs, folded_norms, resolve_jit
+from gflv2_keras.models.fast_inference import InferenceFunctions, foldable_pairs, folded_norms, validate_jit
 from gflv2_keras.models.preprocessing import DEFAULT_SCALE, canvas_size, preprocess_images
 from gflv2_keras.models.backbones import build_backbone
 from gflv2_keras.models.fpn import FPN
@@ -108,8 +108,7 @@ class GFLV2Detector(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        resolve_jit(inference_jit, "float32")  # validates
-        self.inference_jit = inference_jit
+        self.inference_jit = validate_jit(inference_jit)
         self.bounding_box_format = validate_bounding_box_format(bounding_box_format)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
@@ -410,7 +409,7 @@ class GFLV2Detector(keras.Model):
         ]
         return {key: np.concatenate([np.asarray(part[key]) for part in parts]) for key in parts[0]}
 
-    def detect_batch(self, images, bounding_box_format=None, canvas=None, return_box_distributions=False):
+    def detect_batch(self, images, bounding_box_format=None, canvas=None, return_box_distributions=False, network=None):
         """Preprocess, run and post-process a batch of equally sized uint8 images (graph-safe).
 
         Args:
@@ -422,10 +421,12 @@ class GFLV2Detector(keras.Model):
             return_box_distributions: also return what the head knew about each kept box,
                 computed after NMS for the kept detections only (off by default; see
                 ``docs/box_uncertainty.md``).
+            network: callable ``[B, Hp, Wp, 3]`` float → the outputs of ``self(x)``; default the
+                portable ``self(x, training=False)`` (what exports trace). ``detect``/``predict``
+                pass their optimised one (``models.fast_inference.InferenceFunctions.network``).
 
-        The network runs with frozen BatchNorms folded into their convolutions and, with a
-        static canvas, under XLA when ``inference_jit`` says so (``models.fast_inference``).
-        Decoding and NMS are float32 whatever the dtype policy.
+        The network runs with frozen BatchNorms folded into their convolutions. Decoding and
+        NMS are float32 whatever the dtype policy.
 
         Returns:
             ``{"boxes": [B, K, 4] of the original images, "confidence": [B, K], "labels": [B, K]
@@ -449,7 +450,7 @@ class GFLV2Detector(keras.Model):
             canvas = canvas_size(original_h, original_w, self.input_scale)
         inputs, image_info = preprocess_images(images, self.input_scale, canvas=canvas)
         with folded_norms(self):
-            outputs = self._network(inputs, compiled=canvas is not None)
+            outputs = network(inputs) if network is not None else self(inputs, training=False)
         height, width = _static_hw(inputs)
         sizes, points, point_strides = self.points_for(height, width)
         detections = postprocess(
@@ -468,19 +469,6 @@ class GFLV2Detector(keras.Model):
             boxes = convert_boxes(detections["boxes"], "xyxy", fmt, original_h, original_w)
             detections["boxes"] = ops.where(detections["labels"][..., None] >= 0, boxes, -1.0)
         return detections
-
-    def _network(self, inputs, compiled):
-        """``self(inputs)`` for inference; under XLA when ``compiled`` and ``inference_jit`` agree."""
-        if not (compiled and resolve_jit(self.inference_jit, self.dtype_policy.compute_dtype)):
-            return self(inputs, training=False)
-        if getattr(self, "_xla_network", None) is None:
-            import tensorflow as tf
-
-            # A plain attribute, not tracked state; retraces once per canvas (bounded).
-            object.__setattr__(
-                self, "_xla_network", tf.function(lambda x: self(x, training=False), jit_compile=True)
-            )
-        return self._xla_network(inputs)
 
     @property
     def _inference_functions(self):

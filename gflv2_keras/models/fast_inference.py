@@ -43,12 +43,17 @@ def device_kind():
     return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
 
+def validate_jit(jit):
+    """``jit`` if it is a valid ``inference_jit`` setting (``"auto"``, True, False), else ``ValueError``."""
+    if jit != "auto" and not isinstance(jit, bool):
+        raise ValueError(f"inference_jit must be 'auto', True or False, got {jit!r}")
+    return jit
+
+
 def resolve_jit(jit, compute_dtype):
     """``True``/``False`` for the ``jit`` setting ``"auto"`` | ``True`` | ``False``."""
-    if jit == "auto":
+    if validate_jit(jit) == "auto":
         return XLA_DEFAULTS.get((device_kind(), str(compute_dtype)), False)
-    if not isinstance(jit, bool):
-        raise ValueError(f"inference_jit must be 'auto', True or False, got {jit!r}")
     return jit
 
 
@@ -138,6 +143,7 @@ class InferenceFunctions:
         self.detector = detector
         self.functions = {}
         self.traces = 0
+        self._xla_network = None
 
     def __call__(self, images, canvas, bounding_box_format, return_box_distributions=False):
         """Run ``detect_batch`` on uint8 ``[B, H, W, 3]`` images whose canvas is ``canvas``."""
@@ -154,9 +160,24 @@ class InferenceFunctions:
     def _traced(self, canvas, bounding_box_format, return_box_distributions):
         def detect(images):
             self.traces += 1
-            with fused_group_norms(self.detector):
-                return self.detector.detect_batch(
-                    images, bounding_box_format, canvas=canvas, return_box_distributions=return_box_distributions
-                )
+            return self.detector.detect_batch(
+                images,
+                bounding_box_format,
+                canvas=canvas,
+                return_box_distributions=return_box_distributions,
+                network=self.network,
+            )
 
         return detect
+
+    def network(self, inputs):
+        """The network as in-process inference runs it: the head's GroupNorm + ReLU fused, and
+        under XLA where ``inference_jit`` says so (one XLA function per detector, traced only here,
+        so exports, which call ``detect_batch`` without it, stay portable)."""
+        detector = self.detector
+        with fused_group_norms(detector):
+            if not resolve_jit(detector.inference_jit, detector.dtype_policy.compute_dtype):
+                return detector(inputs, training=False)
+            if self._xla_network is None:
+                self._xla_network = tf.function(lambda x: detector(x, training=False), jit_compile=True)
+            return self._xla_network(inputs)
