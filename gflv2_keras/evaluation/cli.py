@@ -5,7 +5,8 @@ YOLO ``data.yaml``; ``--split`` for VOC / YOLO, ``--images`` for COCO / VOC), or
 ``--annotations FILE --images DIR``. Problems found in the ground truth (missing or unreadable
 images, unknown categories, duplicate ids, boxes outside the image) are reported before the
 score; ``--output`` writes the detections, and the metrics (12 COCO numbers, per-class table)
-go to ``--metrics`` (default: beside ``--output`` as ``*_metrics.json``).
+go to ``--metrics`` (default: beside ``--output`` as ``*_metrics.json``). Existing files are
+replaced only with ``--overwrite`` (checked before anything runs); both are written atomically.
 """
 
 from gflv2_keras.models.precision import PRECISIONS, add_precision_argument
@@ -24,6 +25,7 @@ def register(subparsers):
     parser.add_argument("--output", help="write the detections (COCO results JSON) here")
     parser.add_argument("--metrics", help="write the metrics and per-class table (JSON) here")
     parser.add_argument("--max-images", type=int, help="evaluate the first N images only")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --output / --metrics files")
     add_precision_argument(parser)
     parser.set_defaults(func=run)
 
@@ -35,6 +37,7 @@ def run(args):
     from gflv2_keras.data.coco import check_image_files
     from gflv2_keras.data.formats import load_detection_dataset
     from gflv2_keras.evaluation.coco_evaluator import evaluate, format_results
+    from gflv2_keras.utils.files import atomic_write, refuse_existing
 
     path = args.data or args.annotations
     if args.images is not None and not os.path.isdir(args.images):
@@ -42,6 +45,10 @@ def run(args):
     dataset = load_detection_dataset(path, args.split, images=args.images, for_training=False)
     if not dataset.records:
         raise ValueError(f"{dataset.annotation_file}: no image to evaluate")
+    metrics = args.metrics or (os.path.splitext(args.output)[0] + "_metrics.json" if args.output else None)
+    for path, flag in ((args.output, "--output"), (metrics, "--metrics")):
+        if path:
+            refuse_existing(path, args.overwrite, f"{flag} file")
     check_image_files(dataset)
     report_problems(dataset)
     detector = load_detector(args.preset, PRECISIONS[args.precision])
@@ -50,12 +57,10 @@ def run(args):
     print("\n".join(format_results(results)))
     if args.output:
         print(f"detections written to {args.output}")
-    metrics = args.metrics or (os.path.splitext(args.output)[0] + "_metrics.json" if args.output else None)
     if metrics:
         os.makedirs(os.path.dirname(os.path.abspath(metrics)), exist_ok=True)
-        with open(metrics, "w") as f:
-            json.dump({"data": dataset.annotation_file, "preset": args.preset, "problems": dataset.problems,
-                       **{k: v for k, v in results.items()}}, f, indent=2)
+        record = {"data": dataset.annotation_file, "preset": args.preset, "problems": dataset.problems, **results}
+        atomic_write(metrics, lambda f: f.write(json.dumps(record, indent=2).encode()))
         print(f"metrics and per-class table written to {metrics}")
     return 0
 

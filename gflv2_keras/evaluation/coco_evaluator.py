@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from gflv2_keras.data.coco import load_coco
+from gflv2_keras.utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ def evaluate_detections(annotation_file, detections, output_json=None, image_ids
     detections = list(detections)
     if output_json is not None:
         os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
-        with open(output_json, "w") as f:
-            json.dump(detections, f)
+        atomic_write(output_json, lambda f: f.write(json.dumps(detections).encode()))
 
     if isinstance(annotation_file, COCO):
         coco_gt, source = annotation_file, "the ground truth"

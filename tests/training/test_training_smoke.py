@@ -92,6 +92,20 @@ def test_run_leaves_checkpoints_logs_and_a_loadable_preset(trained, tiny_coco, c
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
         assert f"  {name} " in printed
 
+    # --output / --metrics: written, then never replaced without --overwrite (checked before evaluating).
+    output = os.path.join(work_dir, "eval", "detections.json")
+    args += ["--images", tiny_coco["val_images"], "--output", output]
+    assert cli_main(args) == 0
+    metrics = output.replace(".json", "_metrics.json")
+    before = {p: os.stat(p).st_mtime_ns for p in (output, metrics)}
+    assert json.load(open(metrics))["AP"] >= 0.0
+    capsys.readouterr()
+    assert cli_main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert {p: os.stat(p).st_mtime_ns for p in (output, metrics)} == before
+    assert cli_main(args + ["--overwrite"]) == 0
+    assert os.stat(output).st_mtime_ns != before[output]
+
 
 @pytest.mark.parametrize(
     "overrides, field",
