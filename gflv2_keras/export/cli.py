@@ -101,18 +101,15 @@ def _run_portable(args):
     target = Path(args.output)
     if target.exists() and not args.overwrite:
         raise UserError(f"{target} already exists; choose another --output or pass --overwrite")
-    from gflv2_keras.export.formats import MissingRuntimeError, export_portable
+    from gflv2_keras.export.formats import export_portable
     from gflv2_keras.export.saved_model import directory_size
 
     detector = _load_detector(args)
     print(f"[2/2] converting to {args.format} ({args.weights}) in {target}", flush=True)
     start = time.perf_counter()
-    try:
-        path = export_portable(detector, args.format, target, input_size=args.input_size, batch_size=args.batch_size,
-                               box_layout=args.box_layout, weights=args.weights, overwrite=args.overwrite,
-                               preset=str(args.preset))  # fmt: skip
-    except MissingRuntimeError as error:  # FileExistsError / ValueError are one-line errors already
-        raise UserError(str(error)) from None
+    path = export_portable(detector, args.format, target, input_size=args.input_size, batch_size=args.batch_size,
+                           box_layout=args.box_layout, weights=args.weights, overwrite=args.overwrite,
+                           preset=str(args.preset))  # fmt: skip
     print(f"done: {path} written in {time.perf_counter() - start:.1f} s ({directory_size(path) / 2**20:.1f} MiB)")
     print(f"run it: gflv2 predict IMAGE.jpg --model {path}")
     return 0

@@ -29,18 +29,20 @@ from pathlib import Path
 import tensorflow as tf
 
 from gflv2_keras.export.graph import default_input_size, inference_function
+from gflv2_keras.utils.cli import UserError
 from gflv2_keras.utils.files import publish_directory, refuse_existing
 
 FORMATS = ("saved_model", "onnx", "litert", "openvino")
 METADATA_FILE = "export.json"
 MODEL_FILES = {"onnx": "model.onnx", "litert": "model.tflite", "openvino": "model.xml"}
-EXTRAS = {"onnx": "onnx", "litert": "litert", "openvino": "openvino"}
 ONNX_OPSET = 17
 WEIGHT_TYPES = {"onnx": ("fp32", "int8"), "litert": ("fp32", "fp16", "int8"), "openvino": ("fp32",)}
 
 
-class MissingRuntimeError(RuntimeError):
-    """A converter or runtime of an optional extra is not installed; the message names the extra."""
+class MissingRuntimeError(UserError):
+    """A converter or runtime of an optional extra is not installed; the message names the extra.
+
+    A ``UserError``: every command (export, ``predict --model``, benchmark) reports it in one line."""
 
 
 def require(module, fmt):
@@ -52,7 +54,7 @@ def require(module, fmt):
     except ImportError as error:
         raise MissingRuntimeError(
             f"{fmt} needs the {module.split('.')[0]!r} package ({error}); install it with "
-            f"pip install 'gflv2-keras[{EXTRAS[fmt]}]'"
+            f"pip install 'gflv2-keras[{fmt}]'"
         ) from None
 
 

@@ -75,7 +75,7 @@ class ExportedDetector:
         try:
             self._run = _LOADERS[self.format](model_path, threads)
         except MissingRuntimeError:
-            raise
+            raise  # names the extra to install
         except Exception as error:  # each runtime raises its own types for a corrupt file
             raise ValueError(f"{model_path}: cannot be loaded as {self.format} ({str(error).splitlines()[0]})") from None
 

@@ -190,6 +190,22 @@ def test_runner_refuses_files_of_another_format_or_corrupt(setup, tmp_path, caps
     assert "not a gflv2 export" in capsys.readouterr().err
 
 
+@needs_extra("onnx")
+def test_a_missing_runtime_is_one_line_naming_the_extra(setup, tmp_path, capsys, monkeypatch):
+    detector, root, images, references = setup
+    from PIL import Image
+
+    from gflv2_keras.export.formats import export_portable
+
+    folder = export_portable(detector, "onnx", tmp_path / "onnx")
+    image = tmp_path / "a.png"
+    Image.fromarray(images[0]).save(image)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
+    assert main(["predict", str(image), "--model", str(folder), "--output", str(tmp_path / "p")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "pip install 'gflv2-keras[onnx]'" in error, error
+
+
 def test_unknown_format_lists_the_valid_ones(setup, tmp_path):
     code, _, err = run_cli("export", "--format", "tflite", "--preset", PRESET, "--output", str(tmp_path / "x"))
     assert code == 2 and "saved_model, onnx, litert, openvino" in err
