@@ -23,9 +23,10 @@ Usage::
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
+
+from gflv2_keras.utils.cli import run_command
 
 SIDES = ("left", "top", "right", "bottom")
 OPPOSITE = (2, 3, 0, 1)
@@ -140,31 +141,31 @@ def main(argv=None):
     parser.add_argument("--sigma", type=float, default=8.0, help="Gaussian blur radius in pixels (8)")
     parser.add_argument("--half-width", type=int, default=16, help="half width of the blurred band in pixels (16)")
     parser.add_argument("--output", help="write the result JSON here (a new file)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output / demo run in --work")
     args = parser.parse_args(argv)
-    if args.output and Path(args.output).exists():
-        print(f"error: {args.output} already exists; choose another --output", file=sys.stderr)
-        return 2
+    return run_command("box_uncertainty", lambda: _run(args), prog="box_uncertainty_experiment.py")
 
+
+def _run(args):
+    from gflv2_keras.utils.files import atomic_write, refuse_existing
+
+    if args.output:
+        refuse_existing(args.output, args.overwrite, "--output file")
     from gflv2_keras import GFLV2Detector
 
     if args.train_epochs is not None:
         from gflv2_keras.training.demo import run_demo
 
-        preset = run_demo(output=args.work, epochs=args.train_epochs)["preset_dir"]
+        preset = run_demo(output=args.work, epochs=args.train_epochs, overwrite=args.overwrite)["preset_dir"]
     else:
         preset = args.preset
-    try:
-        detector = GFLV2Detector.from_preset(str(preset))
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    detector = GFLV2Detector.from_preset(str(preset))
     result = run_experiment(detector, args.num_images, args.seed, args.sigma, args.half_width)
     result.update(preset=str(preset), sigma=args.sigma, half_width=args.half_width, seed=args.seed)
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
     if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=1))
+        atomic_write(args.output, lambda f: f.write(json.dumps(result, indent=1).encode()))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

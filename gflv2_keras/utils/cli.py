@@ -58,21 +58,25 @@ def split_verbose(argv):
     return [a for a in argv if a != VERBOSE_FLAG], VERBOSE_FLAG in argv
 
 
-def run_command(command, run, verbose=False):
-    """Runs ``run()`` (a command's body) quietly; a user's mistake becomes one line and exit code 2."""
+def run_command(command, run, verbose=False, prog=None):
+    """Runs ``run()`` (a command's body) quietly; a user's mistake becomes one line and exit code 2.
+
+    ``prog`` names the program in that line (default ``gflv2 COMMAND``; scripts pass their own).
+    """
+    prog = prog or f"gflv2 {command}"
     try:
         if command in NEEDS_TENSORFLOW and not verbose:
             quiet_tensorflow()
         return int(run() or 0)
     except KeyboardInterrupt:
-        print(f"gflv2 {command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         if verbose:
             raise
         return EXIT_INTERRUPTED
     except USER_ERRORS as error:
         if verbose:
             raise
-        print(f"gflv2 {command}: error: {_message(error)}", file=sys.stderr)
+        print(f"{prog}: error: {_message(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 
