@@ -15,12 +15,14 @@ from gflv2_keras.utils.cli import UserError
 def register(subparsers):
     parser = subparsers.add_parser(
         "export",
-        description="Export a detector as a TF Serving model version OUTPUT/VERSION/ "
-        "(signatures serving_default: image_bytes, and image_tensor).",
+        description="Export a detector: a TF Serving model version OUTPUT/VERSION/ (--format saved_model, "
+        "the default; signatures serving_default: image_bytes, image_tensor, tf_example), or an ONNX, LiteRT "
+        "or OpenVINO model folder OUTPUT at a fixed --input-size.",
     )
     parser.add_argument("--preset", required=True, help="preset name (see `gflv2 presets`) or preset folder")
     parser.add_argument(
-        "--output", required=True, help="model base folder DIR/MODEL_NAME; the version is written inside it"
+        "--output", required=True, help="saved_model: model base folder DIR/MODEL_NAME (the version is written inside it); "
+        "onnx/litert/openvino: the export folder"
     )
     parser.add_argument("--format", default="saved_model", help="saved_model (default), onnx, litert or openvino")
     parser.add_argument("--version", type=int, default=1, help="saved_model: version folder number (default 1)")
@@ -33,7 +35,7 @@ def register(subparsers):
                         help="fp32 (default); int8 dynamic-range (onnx, litert); fp16 (litert)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="saved_model: skip assets.extra/tf_serving_warmup_requests (TF Serving warm-up)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version folder (saved_model) or export folder")
     parser.add_argument("--box-distributions", action="store_true",
                         help="saved_model: also output each box's classification probability, quality and side "
                         "distributions (docs/box_uncertainty.md)")

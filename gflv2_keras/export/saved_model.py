@@ -37,7 +37,7 @@ output                     dtype    shape      meaning
 Rows past ``num_detections`` are padding: -1 in boxes, scores and classes, ``""`` in names.
 
 **Box distributions (opt-in).** Exported with ``box_distributions=True`` (CLI
-``gflv2 export --box-distributions``), both signatures also return what the head knew about
+``gflv2 export --box-distributions``), every signature also returns what the head knew about
 each kept box (``GFLV2Detector.detect_batch(..., return_box_distributions=True)``; sides
 ordered left, top, right, bottom; pixels of the image as sent; ``R = reg_max``;
 ``docs/box_uncertainty.md``):

@@ -10,8 +10,8 @@ detections NMS kept, and only for those, so it costs next to nothing and only wh
 ``tf.image.combined_non_max_suppression`` returns no indices. With ``clip_boxes=False`` its
 output boxes and scores are its input rows gathered unchanged, so a kept detection is found
 again among its image's candidates as the candidate with the same box and, for the detection's
-class, the same score (``match_candidates``; the match gap is exactly 0, checked by
-``tests/test_box_distributions.py``). Candidates indistinguishable on (box, class, score)
+class, the same score (``match_candidates``; ``tests/ops/test_box_distributions.py`` finds the
+kept points independently, from the raw head outputs, and checks the statistics of those). Candidates indistinguishable on (box, class, score)
 would have to come from the same anchor point with the same logits, so any of them carries the
 same statistics.
 """

@@ -5,7 +5,7 @@ workers x 2 images, 4 steps per epoch, 2 epochs, a checkpoint every 2 steps):
 
 - the weights and optimizer state after 8 steps equal those of one process running
   ``--strategy mirrored --cpu-devices 2`` (2 replicas x 2 images: the same per-replica batches,
-  the same per-replica BatchNorm statistics, as the nano preset trains BN; ``tests/test_mirrored.py``
+  the same per-replica BatchNorm statistics, as the nano preset trains BN; ``tests/training/test_mirrored.py``
   proves 2 mirrored replicas equal 1 replica when BN is frozen): rtol 1e-4, atol 1e-6;
 - each worker has its own work dir (separate machines, separate disks): the chief's holds what
   a one-process run writes, worker 1's is never created;
