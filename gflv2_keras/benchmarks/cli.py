@@ -57,6 +57,7 @@ def run(args):
             with_torch=args.torch,
             warmup=args.warmup,
             repeats=args.repeats,
+            torch_threads=args.torch_threads,
         )
         print()
         print(format_table(rows, context))

@@ -162,9 +162,12 @@ def run_inference_benchmark(
     with_torch=False,
     warmup=2,
     repeats=5,
+    torch_threads=None,
     log=print,
 ):
     """Time every variant in interleaved rounds; returns ``(results, context)``.
+
+    ``torch_threads``: ``torch.set_num_threads`` of the PyTorch variants (default: every core).
 
     ``results`` maps ``(precision or "torch", mode)`` to ``{"seconds", "images"}``; ``context``
     holds the GEMM rates, network FLOPs, which mode ``predict`` used and machine facts.
@@ -176,6 +179,9 @@ def run_inference_benchmark(
     from gflv2_keras.convert import convert_state_dict
     from gflv2_keras.models.preprocessing import canvas_size
 
+    torch_threads = torch_threads or os.cpu_count()
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -213,7 +219,7 @@ def run_inference_benchmark(
             for detector in detectors.values():
                 convert_state_dict(detector, arrays)
 
-        torch_variants, context["torch"] = _torch_variants(load_into_detectors, config, *canvas, os.cpu_count())
+        torch_variants, context["torch"] = _torch_variants(load_into_detectors, config, *canvas, torch_threads)
         variants.update(torch_variants)
     medians = time_interleaved(variants, warmup=warmup, repeats=repeats, log=log)
     results = {key: {"seconds": medians[key], "images": variants[key][1]} for key in variants}
@@ -235,7 +241,8 @@ def machine_facts():
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    isa = [name for name in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if name in flags]
+    isa = [name for name in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+           if name in flags]
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     return {
         "cpu": cpu,
@@ -282,7 +289,8 @@ def format_table(results, context):
         lines.append(
             f"- {precision}: predict uses the network {'under XLA' if xla else 'in the oneDNN graph (no XLA)'}; "
             f"pre + post = {(predict - network) * 1e3:.0f} ms = {(predict - network) / network * 100:.1f} % of the "
-            f"network; predict = {floor[precision] / predict:.2f} of the {precision} floor, "
+            f"network; predict = {floor.get(precision, floor['float32']) / predict:.2f} of the "
+            f"{precision if precision in floor else 'float32'} floor, "
             f"{floor['float32'] / predict:.2f} of the float32 floor"
         )
         if ("torch", "channels_last bf16") in results:

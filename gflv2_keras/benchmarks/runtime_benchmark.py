@@ -14,28 +14,16 @@ intra-op threads.
 """
 
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from gflv2_keras.benchmarks.inference_benchmark import machine_facts
+
 RUNTIMES = ("tf", "onnxruntime", "openvino", "litert")
 EXPORT_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "litert"}
-
-
-def cpu_facts():
-    """``(model name, ISA summary)`` from ``lscpu`` (``("unknown", "")`` where it is missing)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", ""
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    model = fields.get("Model name", "unknown").strip()
-    flags = set(fields.get("Flags", "").split())
-    isa = [name for name in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if name in flags]
-    return model, " ".join(isa)
 
 
 def _set_tf_threads(threads):
@@ -81,6 +69,8 @@ def run_runtime_benchmark(preset, height, width, runtimes=RUNTIMES, warmup=2, it
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise ValueError(f"unknown --runtime {', '.join(unknown)}; valid: {', '.join(RUNTIMES)}")
+    if iterations < 1:
+        raise ValueError(f"--iterations must be >= 1, got {iterations}")
     _set_tf_threads(threads)
     from gflv2_keras import GFLV2Detector
 
@@ -112,7 +102,8 @@ def run_runtime_benchmark(preset, height, width, runtimes=RUNTIMES, warmup=2, it
             "min_ms": min(samples) * 1e3 if samples else None,
             "max_ms": max(samples) * 1e3 if samples else None,
         })  # fmt: skip
-    cpu, isa = cpu_facts()
+    facts = machine_facts()
+    cpu, isa = facts["cpu"], " ".join(facts["isa"])
     context = {"preset": preset, "height": height, "width": width, "threads": threads, "warmup": warmup,
                "iterations": iterations, "cpu": cpu, "isa": isa, "random_weights": random_weights}  # fmt: skip
     return rows, context
@@ -147,7 +138,7 @@ def run_from_args(args):
         args.size[1],
         runtimes=[r for r in args.runtime.split(",") if r],
         warmup=args.warmup,
-        iterations=getattr(args, "repeats", None) or args.iterations,  # main's cli names it dest="repeats"
+        iterations=args.repeats,
         threads=args.threads,
         random_weights=args.random_weights,
     )

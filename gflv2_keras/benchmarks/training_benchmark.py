@@ -56,6 +56,11 @@ def run_training_benchmark(presets, height, width, batch=1, modes=("graph", "xla
     from gflv2_keras import GFLV2Detector
     from gflv2_keras.training.trainer import compile_for_training
 
+    unknown = [mode for mode in modes if mode not in ("graph", "xla")]
+    if unknown:
+        raise ValueError(f"--train-modes: unknown {', '.join(unknown)}; valid: graph, xla")
+    if iterations < 1:
+        raise ValueError(f"--train-iterations must be >= 1, got {iterations}")
     images, targets = synthetic_batch(batch, height, width)
     rows = []
     for preset in presets:
