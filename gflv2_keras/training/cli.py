@@ -10,6 +10,8 @@ Two forms (exactly one of ``--recipe`` / ``--preset``):
 import argparse
 import sys
 
+from gflv2_keras.models.precision import PRECISIONS
+
 EXIT_LOST_WORKER = 3  # distinct from a user's mistake (2): rerun every worker with --resume
 
 
@@ -32,7 +34,7 @@ def add_train_arguments(parser, with_recipe=True):
     parser.add_argument("--strategy", choices=("none", "mirrored", "multi-worker"), default="none")
     parser.add_argument("--cpu-devices", type=int, help="split the CPU into N logical devices (mirrored on CPU)")
     parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
-    parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
                         help="float32 (official) or mixed precision (float16 with dynamic loss scaling)")
     parser.add_argument("--accumulate", type=int, default=1, metavar="N",
                         help="micro-batches per update: global batch = replicas x batch size x N (mean gradient)")

@@ -1,1 +1,1 @@
-"""Small shared helpers that are not about detection (file publishing)."""
+"""Small shared helpers that are not about detection: files, CLI errors, lazy re-exports."""
