@@ -103,6 +103,14 @@ class DetectionDataset:
         self.unreadable[record["image_id"]] = reason
         logger.warning("skipping image id %s (%s): %s", record["image_id"], record["file_name"], reason)
 
+    def problem_lines(self):
+        """Every problem found so far, one line each: the reader's (entries skipped or suspicious,
+        naming file, line or object) and one per unreadable image file (``check_image_files``)."""
+        files = {r["image_id"]: r["file_name"] for r in self.records}
+        return list(self.problems) + [
+            f"image id {i} ({files.get(i)}): {reason}, left out" for i, reason in self.unreadable.items()
+        ]
+
     def summary(self):
         """One line: what was kept and what was skipped."""
         num_boxes = sum(len(r["labels"]) for r in self.records)

@@ -50,7 +50,7 @@ def run(args):
         if path:
             refuse_existing(path, args.overwrite, f"{flag} file")
     check_image_files(dataset)
-    report_problems(dataset)
+    report_problems(dataset, metrics)
     detector = load_detector(args.preset, PRECISIONS[args.precision])
     results = evaluate(detector, dataset, output_json=args.output, max_images=args.max_images, verbose=False)
     print(f"COCO bbox on {results['num_images']} images ({results['num_detections']} detections):")
@@ -59,25 +59,24 @@ def run(args):
         print(f"detections written to {args.output}")
     if metrics:
         os.makedirs(os.path.dirname(os.path.abspath(metrics)), exist_ok=True)
-        record = {"data": dataset.annotation_file, "preset": args.preset, "problems": dataset.problems, **results}
+        record = {"data": dataset.annotation_file, "preset": args.preset, "problems": dataset.problem_lines(),
+                  **results}
         atomic_write(metrics, lambda f: f.write(json.dumps(record, indent=2).encode()))
         print(f"metrics and per-class table written to {metrics}")
     return 0
 
 
-def report_problems(dataset):
+def report_problems(dataset, metrics=None):
     """Prints the ground truth's problems (entries skipped or suspicious, unreadable images)."""
-    files = {r["image_id"]: r["file_name"] for r in dataset.records}
-    problems = list(dataset.problems) + [
-        f"image id {i} ({files.get(i)}): {reason}, left out of the score" for i, reason in dataset.unreadable.items()
-    ]
+    problems = dataset.problem_lines()
     if not problems:
         return
     print(f"[evaluate] {len(problems)} problems in the ground truth {dataset.annotation_file}:")
     for line in problems[:SHOWN_PROBLEMS]:
         print(f"  {line}")
     if len(problems) > SHOWN_PROBLEMS:
-        print(f"  ... {len(problems) - SHOWN_PROBLEMS} more (all of them go to the --metrics JSON)")
+        where = f"all of them are in {metrics}" if metrics else "pass --metrics FILE to list all of them"
+        print(f"  ... {len(problems) - SHOWN_PROBLEMS} more ({where})")
 
 
 def load_detector(preset, dtype="float32"):

@@ -46,7 +46,10 @@ def export_folder(path):
 
 def _check_model_file(path, fmt):
     """Refuse a model file of another format or a corrupt one, naming the file."""
-    data = path.read_bytes()[:64] if path.is_file() else b""
+    data = b""
+    if path.is_file():
+        with open(path, "rb") as f:
+            data = f.read(64)  # the header only: model files are hundreds of MiB
     if not data:
         raise ValueError(f"{path}: missing or empty {fmt} model file")
     is_tflite = data[4:8] == TFLITE_MAGIC

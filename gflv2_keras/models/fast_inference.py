@@ -14,7 +14,7 @@ Inside that function the network (backbone, FPN, head) runs
   oneDNN graph runs GroupNorm as five separate passes; fused it is 2x faster and, with its
   float32 two-level reduction, closer to a float64 reference), and
 * under XLA (a nested ``jit_compile=True`` function) where XLA is faster: ``XLA_DEFAULTS``,
-  chosen by measurement (``BENCHMARKS.md``, Inference). NMS has no XLA kernel and stays in the
+  chosen by measurement (``BENCHMARKS.md``, Inference at the hardware limit). NMS has no XLA kernel and stays in the
   plain graph; decoding is float32 whatever the precision.
 """
 

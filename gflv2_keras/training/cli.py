@@ -110,12 +110,6 @@ def run_train(args, recipe=None):
         + (f"{speed:.2f} images/s, " if speed else "")
         + f"work dir {result['work_dir']}"
     )
-    if trainer.chief:
-        from gflv2_keras.training.curves import draw_curve
-
-        curve = draw_curve(result["history"], str(options.work_dir / "curve.png"))
-        if curve:
-            print(f"[train] loss / AP curve: {curve}")
     if result["preset_dir"]:
         print(f"[train] predict: gflv2 predict IMAGES... --preset {result['preset_dir']}; "
               f"export: gflv2 export --preset {result['preset_dir']} --output DIR")

@@ -51,6 +51,7 @@ import tensorflow as tf
 from gflv2_keras.data.canvas import training_canvases
 from gflv2_keras.training.callbacks import LearningRateLogger, NonFiniteGuard, StepTimer, tensorboard_available
 from gflv2_keras.training.checkpoint import CheckpointCallback, latest_checkpoint, restore_checkpoint
+from gflv2_keras.training.curves import draw_curve
 from gflv2_keras.training.optimizer import CoupledSGD
 from gflv2_keras.training.options import resolve_run
 from gflv2_keras.training.precision import dtype_policy_scope, wrap_for_precision
@@ -204,11 +205,11 @@ class Trainer:
                 raise ValueError(f"{val_dataset.annotation_file}: the validation split has no image (or pass --no-eval)")
         elif self.options.evaluate and recipe["eval_every_epochs"]:
             print("[train] evaluation off: the recipe has no validation data (val_data)")
-        self.write_data_problems(dataset, val_dataset)
         # With accumulation a stream batch holds the N micro-batches of one update (the official
         # global batch), split inside the step (GFLV2Detector.make_train_function).
         global_batch = recipe["batch_per_replica"] * self.strategy.num_replicas_in_sync * self.options.accumulate
-        steps = grouped_epoch_steps(dataset, global_batch)
+        steps = grouped_epoch_steps(dataset, global_batch)  # reads the image headers: finds unreadable files
+        self.write_data_problems(dataset, val_dataset)
         if self.options.steps_per_epoch:
             steps = min(steps, self.options.steps_per_epoch)
         canvases = tuple(training_canvases(recipe["scale"], recipe["multiscale_range"]))
@@ -225,7 +226,7 @@ class Trainer:
 
     def write_data_problems(self, *datasets):
         """The chief writes the problems of ``datasets`` (None entries skipped) to ``WORK_DIR/data_problems.txt``."""
-        lines = [f"{d.annotation_file}: {p}" for d in datasets if d is not None for p in d.problems]
+        lines = [f"{d.annotation_file}: {p}" for d in datasets if d is not None for p in d.problem_lines()]
         if not lines or not self.chief:
             return
         path = self.options.work_dir / DATA_PROBLEMS_FILE
@@ -405,7 +406,8 @@ class Trainer:
         return iteration
 
     def write_outputs(self, model, data, iteration, history):
-        """Stage 7: the chief writes ``WORK_DIR/preset`` (unless ``save_preset=False``) and ``history.json``.
+        """Stage 7: the chief writes ``WORK_DIR/preset`` (unless ``save_preset=False``), ``history.json``
+        and ``curve.png`` (loss and held-out AP per epoch).
 
         Returns the preset folder, or None when none was written.
         """
@@ -424,6 +426,9 @@ class Trainer:
             model.save_to_preset(str(preset_dir), metadata=metadata, overwrite=True)  # the run's own folder
             print(f"[train] preset folder written: {preset_dir}")
         (work_dir / "history.json").write_text(json.dumps(history, indent=2))
+        curve = draw_curve(history, str(work_dir / "curve.png"))
+        if curve:
+            print(f"[train] loss / AP curve: {curve}")
         return preset_dir
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -229,16 +230,20 @@ def test_train_writes_every_data_problem_to_the_work_dir(pretrained, data, tmp_p
     content["annotations"] += [{**first, "id": 5000 + i, "category_id": 999} for i in range(3)]
     bad = tmp_path / "train.json"
     bad.write_text(json.dumps(content))
-    images = os.path.dirname(data["coco"]).replace("annotations", "train")
+    images = tmp_path / "images"  # a copy with one corrupt picture: found when the headers are read
+    shutil.copytree(os.path.dirname(data["coco"]).replace("annotations", "train"), images)
+    corrupt = content["images"][-1]["file_name"]
+    (images / corrupt).write_bytes(b"not an image")
     from gflv2_keras.recipes import finetune_recipe
     from gflv2_keras.training.options import resolve_run
     from gflv2_keras.training.trainer import Trainer
 
-    recipe = finetune_recipe(pretrained, str(bad), images=images, verbose=False)
+    recipe = finetune_recipe(pretrained, str(bad), images=str(images), verbose=False)
     trainer = Trainer(resolve_run(recipe, str(tmp_path / "work"), evaluate=False))
     trainer.build_data()
     listed = (tmp_path / "work" / "data_problems.txt").read_text().splitlines()
-    assert [line for line in listed if "category_id" in line and "999" in line] == listed and len(listed) == 3
+    assert len([line for line in listed if "category_id" in line and "999" in line]) == 3
+    assert len(listed) == 4 and corrupt in listed[-1] and "left out" in listed[-1], listed
     assert f"listed in {tmp_path / 'work' / 'data_problems.txt'}" in capsys.readouterr().out
 
 

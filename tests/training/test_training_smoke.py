@@ -80,6 +80,7 @@ def test_run_leaves_checkpoints_logs_and_a_loadable_preset(trained, tiny_coco, c
     assert (state["iteration"], state["epoch"], state["steps_per_epoch"]) == (4 * steps, 4, steps)
     assert len(json.load(open(os.path.join(work_dir, "history.json")))) == 4
     assert os.path.isfile(os.path.join(work_dir, "log.csv"))
+    assert os.path.getsize(os.path.join(work_dir, "curve.png")) > 0  # the Python API draws it too
 
     detector = GFLV2Detector.from_preset(trained["preset_dir"])
     assert detector.num_classes == 5  # taken from the dataset, not the preset's 3
