@@ -14,6 +14,7 @@ import tensorflow as tf
 from gflv2_keras.data.canvas import pad_to_canvas, training_canvas
 from gflv2_keras.data.pipeline import pad_batch, transform_sample
 from gflv2_keras.models import preprocessing as preprocess
+from gflv2_keras.ops.box_formats import convert_boxes
 
 
 def is_raw_dataset(data):
@@ -47,8 +48,6 @@ def prepare_raw_dataset(raw, batch_size, bounding_box_format="xyxy", scale=prepr
     Raises:
         ValueError: the samples are batched (images of rank 4).
     """
-    from gflv2_keras.models.detector import convert_boxes
-
     images_spec = raw.element_spec["images"]
     if images_spec.shape.rank != 3:
         raise ValueError(

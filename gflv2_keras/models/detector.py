@@ -11,19 +11,7 @@ from gflv2_keras.models.fpn import FPN
 from gflv2_keras.models.gfl_head import GFLHead
 from gflv2_keras.ops.boxes import STRIDES, anchor_points, level_sizes
 from gflv2_keras.ops.postprocess import postprocess
-
-# The formats of ``keras.utils.bounding_boxes.convert_format`` (case-insensitive).
-BOUNDING_BOX_FORMATS = (
-    "xyxy",
-    "yxyx",
-    "xywh",
-    "center_xywh",
-    "center_yxhw",
-    "rel_xyxy",
-    "rel_yxyx",
-    "rel_xywh",
-    "rel_center_xywh",
-)
+from gflv2_keras.ops.box_formats import BOUNDING_BOX_FORMATS, convert_boxes, validate_bounding_box_format  # noqa: F401
 
 DEFAULT_TEST_CONFIG = {"nms_pre": 1000, "score_threshold": 0.05, "iou_threshold": 0.6, "max_detections": 100}
 DEFAULT_TRAIN_CONFIG = {"topk": 9, "loss_weights": [1.0, 0.25, 2.0]}
@@ -569,28 +557,6 @@ class GFLV2Detector(keras.Model):
             "bounding_box_format": self.bounding_box_format,
             "inference_jit": self.inference_jit,
         }
-
-
-def validate_bounding_box_format(bounding_box_format):
-    """The lower-cased format name; a ``ValueError`` listing the valid ones if unknown."""
-    fmt = str(bounding_box_format).lower()
-    if fmt not in BOUNDING_BOX_FORMATS:
-        raise ValueError(
-            f"bounding_box_format: unknown format {bounding_box_format!r}; "
-            f"valid formats are {', '.join(BOUNDING_BOX_FORMATS)}"
-        )
-    return fmt
-
-
-def convert_boxes(boxes, source, target, height, width):
-    """``keras.utils.bounding_boxes.convert_format`` of ``[..., 4]`` boxes, float32.
-
-    ``height``/``width`` are those of the image the ``rel_*`` side is relative to.
-    """
-    boxes = ops.cast(boxes, "float32")
-    if source == target:
-        return boxes
-    return keras.utils.bounding_boxes.convert_format(boxes, source, target, height=height, width=width)
 
 
 def target_labels(y):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gflv2_keras import GFLV2Detector
-from gflv2_keras.models.detector import BOUNDING_BOX_FORMATS
+from gflv2_keras.ops.box_formats import BOUNDING_BOX_FORMATS
 from gflv2_keras.training.optimizer import CoupledSGD
 
 NANO = "gflv2_test_r18_nano"
