@@ -1,15 +1,15 @@
 """Named model configurations (presets): one per row of the official model table, plus small ones.
 
-A preset is plain data: the detector config, and metadata with its provenance and published
-metrics. Weights are never downloaded (no network is assumed): a preset's weights live in a
-preset folder (``config.json``, ``model.weights.h5``, ``metadata.json``) made by
-``gflv2 convert`` (official checkpoints), ``gflv2 train``/``gflv2 demo`` or ``save_to_preset``.
+A preset is plain data: the detector config (``GFLV2ObjectDetector`` constructor arguments),
+and metadata with its provenance and published metrics. Weights are never downloaded (no network
+is assumed): a preset's weights live in a preset folder made by ``gflv2 convert`` (official
+checkpoints), ``gflv2 train``/``gflv2 demo`` or ``save_to_preset`` (``models.preset_io`` reads
+and writes them).
 Folders for named presets are looked up in ``$GFLV2_KERAS_HOME/presets/<name>``
 (default ``~/.cache/gflv2_keras/presets/<name>``).
 """
 
 import copy
-import json
 import os
 from pathlib import Path
 
@@ -117,11 +117,6 @@ PRESETS = {
     },
 }  # fmt: skip
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.weights.h5"
-METADATA_FILE = "metadata.json"
-
-
 def list_presets():
     """Names of the built-in presets."""
     return sorted(PRESETS)
@@ -140,92 +135,8 @@ def preset_info(name):
     return copy.deepcopy(PRESETS[name])
 
 
-def load_preset(cls, preset, load_weights=True, **overrides):
-    """Build ``cls`` from a preset name or folder and optionally load its weights.
-
-    A named preset's weights are read from ``preset_home() / name`` when present. Asking for
-    weights that are not on disk raises ``FileNotFoundError`` saying how to obtain them.
-
-    ``num_classes`` / ``class_names`` overrides start a detector for other classes (fine-tuning):
-    ``num_classes`` defaults to ``len(class_names)``; when it differs from the preset's, every
-    weight is loaded except the classification output, which keeps its official initialisation
-    (``models.transfer``), and one line says so. Any other weight that does not fit is an error
-    naming the variables. The same number of classes loads the weights exactly as saved.
-    """
-    config, weights = _preset_config(preset)
-    overrides = dict(overrides)
-    if overrides.get("class_names") is not None and "num_classes" not in overrides:
-        overrides["num_classes"] = len(overrides["class_names"])
-    new_classes = "num_classes" in overrides and int(overrides["num_classes"]) != int(config.get("num_classes", 80))
-    if new_classes and overrides.get("class_names") is None:
-        overrides["class_names"] = None  # the preset's names belong to its own classes
-    model = cls(**{**config, **overrides})
-    if not load_weights:
-        return model
-    if not weights.is_file():
-        raise FileNotFoundError(_missing_weights_message(str(preset), weights))
-    model.build_for_inference()
-    if not new_classes:
-        model.load_weights(str(weights))
-        return model
-    from gflv2_keras.models.transfer import CLASSIFIER_OUTPUT, transfer_weights
-
-    source = cls(**config)  # the preset exactly as saved
-    source.build_for_inference()
-    source.load_weights(str(weights))
-    copied, kept = transfer_weights(source, model)
-    print(
-        f"[preset] {preset}: {copied} weight tensors loaded; {CLASSIFIER_OUTPUT} ({kept} tensors) re-initialised "
-        f"because the classes changed ({config.get('num_classes', 80)} -> {model.num_classes})"
-    )
-    return model
-
-
-def _preset_config(preset):
-    """``(config dict, weights path)`` of a preset name or folder; errors name what is missing."""
-    directory = Path(preset)
-    if directory.is_dir():
-        config_file = directory / CONFIG_FILE
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{directory} is not a preset folder: it has no {CONFIG_FILE}")
-        try:
-            config = json.loads(config_file.read_text())["config"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{config_file}: not a preset config ({error})") from None
-        return config, directory / WEIGHTS_FILE
-    if str(preset) not in PRESETS and (os.sep in str(preset) or directory.exists()):
-        raise FileNotFoundError(f"{preset}: no such preset folder (a preset folder holds {CONFIG_FILE})")
-    return preset_info(str(preset))["config"], preset_home() / str(preset) / WEIGHTS_FILE
-
-
-def save_preset(model, directory, metadata=None, overwrite=False):
-    """Write a preset folder that ``from_preset(directory)`` loads with no other input.
-
-    The folder is written next to ``directory`` and renamed into place
-    (``utils.files.publish_directory``); an existing folder is replaced only with
-    ``overwrite=True``, else ``FileExistsError`` names it.
-    """
-    from gflv2_keras.utils.files import publish_directory
-
-    if not model.built or not model.weights:
-        model.build_for_inference()
-    config = {"class_name": type(model).__name__, "config": _plain(model.get_config())}
-    meta = {"parameters": model.count_params_official(), **(metadata or {})}
-
-    def write(folder):
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        model.save_weights(str(folder / WEIGHTS_FILE))
-        (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))
-
-    publish_directory(directory, write, overwrite=overwrite, what="preset folder")
-
-
-def _plain(config):
-    config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
-    return json.loads(json.dumps(config))
-
-
-def _missing_weights_message(preset, weights):
+def missing_weights_message(preset, weights):
+    """What to do when the weights of a named preset are not on disk (several lines)."""
     info = PRESETS.get(preset)
     lines = [f"No weights for preset {preset!r}: {weights} does not exist (nothing is downloaded)."]
     if info and "checkpoint_url" in info["metadata"]:

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from gflv2_keras.layers.naming import layer_name
 from gflv2_keras.layers.padded_conv import PaddedConv2D
 
 
@@ -19,7 +20,8 @@ class FPN(keras.layers.Layer):
     Args:
         out_channels: channels of every output (256 officially).
         num_inputs: number of backbone levels consumed (3: C3, C4, C5).
-        prefix: official module path (``"neck"``), used to name layers for conversion.
+        prefix: official module path (``"neck"``); layers are named from it by the rule of
+            ``gflv2_keras.layers.naming`` (``neck-lateral_convs-0-conv``).
 
     Call:
         ``[C3, C4, C5]`` NHWC → ``[P3, P4, P5, P6, P7]`` NHWC.
@@ -31,7 +33,9 @@ class FPN(keras.layers.Layer):
         self.num_inputs = num_inputs
         self.prefix = prefix
         self.lateral_convs = [
-            PaddedConv2D(out_channels, 1, pad=0, name=f"{prefix}.lateral_convs.{i}.conv", dtype=self.dtype_policy) for i in range(num_inputs)
+            PaddedConv2D(out_channels, 1, pad=0, name=layer_name(f"{prefix}.lateral_convs.{i}.conv"),
+                         dtype=self.dtype_policy)
+            for i in range(num_inputs)
         ]
         self.fpn_convs = [
             PaddedConv2D(
@@ -39,7 +43,7 @@ class FPN(keras.layers.Layer):
                 3,
                 pad=1,
                 strides=1 if i < num_inputs else 2,
-                name=f"{prefix}.fpn_convs.{i}.conv",
+                name=layer_name(f"{prefix}.fpn_convs.{i}.conv"),
                 dtype=self.dtype_policy,
             )
             for i in range(num_inputs + 2)

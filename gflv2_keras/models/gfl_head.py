@@ -19,6 +19,7 @@ import math
 import keras
 from keras import ops
 
+from gflv2_keras.layers.naming import layer_name
 from gflv2_keras.layers.norm import group_norm
 from gflv2_keras.layers.padded_conv import PaddedConv2D
 from gflv2_keras.layers.scale import Scale
@@ -39,7 +40,8 @@ class GFLHead(keras.layers.Layer):
         num_levels: pyramid levels (5).
         norm_groups: GroupNorm groups (32).
         prior_prob: initial classification probability (bias ``-log((1 - p) / p)``).
-        prefix: official module path (``"bbox_head"``), used to name layers for conversion.
+        prefix: official module path (``"bbox_head"``); layers are named from it by the rule of
+            ``gflv2_keras.layers.naming`` (``bbox_head-cls_convs-0-conv``).
 
     Call:
         ``[P3..P7]`` NHWC → ``(confidence [B, N, cls_channels], box_logits [B, N, 4 * (reg_max + 1)])``
@@ -92,17 +94,19 @@ class GFLHead(keras.layers.Layer):
             3,
             kernel_initializer=normal,
             bias_initializer=keras.initializers.Constant(prior_bias),
-            name=f"{prefix}.gfl_cls",
+            name=layer_name(f"{prefix}.gfl_cls"),
             dtype=self.dtype_policy,
         )
-        self.gfl_reg = PaddedConv2D(4 * (reg_max + 1), 3, kernel_initializer=normal, name=f"{prefix}.gfl_reg",
-                                    dtype=self.dtype_policy)
-        self.scales = [Scale(1.0, name=f"{prefix}.scales.{i}", dtype=self.dtype_policy) for i in range(num_levels)]
+        self.gfl_reg = PaddedConv2D(4 * (reg_max + 1), 3, kernel_initializer=normal,
+                                    name=layer_name(f"{prefix}.gfl_reg"), dtype=self.dtype_policy)
+        self.scales = [
+            Scale(1.0, name=layer_name(f"{prefix}.scales.{i}"), dtype=self.dtype_policy) for i in range(num_levels)
+        ]
         if use_dgqp:
             self.reg_conf = [
-                PaddedConv2D(reg_channels, 1, kernel_initializer=normal, name=f"{prefix}.reg_conf.0",
+                PaddedConv2D(reg_channels, 1, kernel_initializer=normal, name=layer_name(f"{prefix}.reg_conf.0"),
                              dtype=self.dtype_policy),
-                PaddedConv2D(1, 1, kernel_initializer=normal, name=f"{prefix}.reg_conf.2",
+                PaddedConv2D(1, 1, kernel_initializer=normal, name=layer_name(f"{prefix}.reg_conf.2"),
                              dtype=self.dtype_policy),
             ]
 
@@ -114,10 +118,10 @@ class GFLHead(keras.layers.Layer):
                     3,
                     use_bias=False,
                     kernel_initializer=initializer,
-                    name=f"{self.prefix}.{kind}.{i}.conv",
+                    name=layer_name(f"{self.prefix}.{kind}.{i}.conv"),
                     dtype=self.dtype_policy,
                 ),
-                group_norm(f"{self.prefix}.{kind}.{i}.gn", self.norm_groups, dtype=self.dtype_policy),
+                group_norm(layer_name(f"{self.prefix}.{kind}.{i}.gn"), self.norm_groups, dtype=self.dtype_policy),
             )
             for i in range(self.stacked_convs)
         ]

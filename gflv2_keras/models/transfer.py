@@ -1,17 +1,20 @@
 """Starting a detector for new classes from a trained one (fine-tuning).
 
 Every weight is copied from the source detector except the classification output
-(``bbox_head.gfl_cls``), whose number of rows depends on the number of classes; the target
-keeps that layer's official initialisation (kernel normal std 0.01, bias
+(official module ``bbox_head.gfl_cls``), whose number of rows depends on the number of classes;
+the target keeps that layer's official initialisation (kernel normal std 0.01, bias
 ``-log((1 - 0.01) / 0.01)``: ``GFocalHead.init_weights`` of the official code).
 """
 
-CLASSIFIER_OUTPUT = "bbox_head.gfl_cls"
+from gflv2_keras.layers.naming import layer_name
+
+CLASSIFIER_OUTPUT = layer_name("bbox_head.gfl_cls")
 
 
 def _key(variable):
-    """``LAYER/VARIABLE`` (``bbox_head.gfl_cls/kernel``): layer names are the official module paths,
-    unique in the model, while the outer path holds auto-numbered container names."""
+    """``LAYER/VARIABLE`` (``bbox_head-gfl_cls/kernel``): layer names follow the official module
+    paths (``gflv2_keras.layers.naming``), unique in the model, while the outer path holds
+    auto-numbered container names."""
     return "/".join(variable.path.split("/")[-2:])
 
 

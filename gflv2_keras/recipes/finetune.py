@@ -73,7 +73,7 @@ def finetune_recipe(
         ValueError: unknown preset or layout, or no usable training image (naming the file).
     """
     from gflv2_keras.data.formats import detect_format, load_detection_dataset
-    from gflv2_keras.presets import _preset_config
+    from gflv2_keras.models.preset_io import preset_config
 
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ValueError(f"finetune: epochs must be an int >= 1, got {epochs!r}")
@@ -81,7 +81,7 @@ def finetune_recipe(
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"finetune: batch size must be an int >= 1, got {batch_size!r}")
     say = print if verbose else (lambda *a: None)
-    config, weights = _preset_config(preset)
+    config, has_weights = preset_config(preset)
     data = os.path.abspath(data)
     kind = detect_format(data)
     train_set = load_detection_dataset(data, split, images=images, for_training=True, verbose=False)
@@ -100,10 +100,10 @@ def finetune_recipe(
     init_weights = None
     if from_scratch:
         say(f"[finetune] --from-scratch: random initial weights (preset {preset} gives the architecture only)")
-    elif weights.is_file():
+    elif has_weights:
         init_weights = str(os.path.abspath(preset)) if os.path.isdir(preset) else str(preset)
     else:
-        say(f"[finetune] preset {preset} has no weights ({weights} does not exist): training from scratch")
+        say(f"[finetune] preset {preset} has no weights on disk: training from scratch")
 
     lr_steps = sorted({e for e in (round(epochs * 2 / 3), round(epochs * 11 / 12)) if 0 < e < epochs})
     stem = os.path.splitext(os.path.basename(data.rstrip(os.sep)))[0]

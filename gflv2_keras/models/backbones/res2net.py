@@ -6,13 +6,14 @@
 * Differences from ResNet: a deep 3-conv stem (``stem.0..7``), ``Bottle2neck`` blocks
   (``convs.i`` / ``bns.i`` instead of ``conv2`` / ``bn2``), and ``avg_down`` shortcuts
   (``downsample.0`` is a parameter-free AvgPool, so the conv/BN are ``downsample.1`` / ``.2``).
-* Layers are named after the official module path (``backbone.layer3.0.convs.1``), so a
-  PyTorch state-dict key is ``layer.name + ".weight"``.
+* Layers are named after the official module path (``backbone.layer3.0.convs.1``) by the naming
+  rule of ``gflv2_keras.layers.naming``.
 """
 
 import keras
 from keras import ops
 
+from gflv2_keras.layers.naming import layer_name
 from gflv2_keras.layers.norm import BatchNorm
 from gflv2_keras.layers.padded_conv import PaddedConv2D
 from gflv2_keras.models.backbones.resnet import ResNetBackbone, _Block, make_conv
@@ -82,14 +83,17 @@ class Bottle2neck(_Block):
             raise ValueError(f"Res2Net branch width floor({planes} * {base_width} / {base_channels}) is 0")
 
         self.conv1 = make_conv(self.width * scales, 1, f"{prefix}.conv1", dtype=self.dtype_policy)
-        self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1", dtype=self.dtype_policy)
+        self.bn1 = BatchNorm(frozen_stats, name=layer_name(f"{prefix}.bn1"), dtype=self.dtype_policy)
         self.convs = [
             make_conv(self.width, 3, f"{prefix}.convs.{i}", strides=stride, dcn=dcn, dtype=self.dtype_policy)
             for i in range(scales - 1)
         ]
-        self.bns = [BatchNorm(frozen_stats, name=f"{prefix}.bns.{i}", dtype=self.dtype_policy) for i in range(scales - 1)]
+        self.bns = [
+            BatchNorm(frozen_stats, name=layer_name(f"{prefix}.bns.{i}"), dtype=self.dtype_policy)
+            for i in range(scales - 1)
+        ]
         self.conv3 = make_conv(planes * self.expansion, 1, f"{prefix}.conv3", dtype=self.dtype_policy)
-        self.bn3 = BatchNorm(frozen_stats, name=f"{prefix}.bn3", dtype=self.dtype_policy)
+        self.bn3 = BatchNorm(frozen_stats, name=layer_name(f"{prefix}.bn3"), dtype=self.dtype_policy)
         self.build_shortcut(in_channels, planes * self.expansion, stride, frozen_stats, prefix)
 
     def build_shortcut(self, in_channels, out_channels, stride, frozen_stats, prefix):
@@ -97,9 +101,9 @@ class Bottle2neck(_Block):
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = [
-                PaddedConv2D(out_channels, 1, pad=0, strides=1, use_bias=False, name=f"{prefix}.downsample.1",
-                             dtype=self.dtype_policy),
-                BatchNorm(frozen_stats, name=f"{prefix}.downsample.2", dtype=self.dtype_policy),
+                PaddedConv2D(out_channels, 1, pad=0, strides=1, use_bias=False,
+                             name=layer_name(f"{prefix}.downsample.1"), dtype=self.dtype_policy),
+                BatchNorm(frozen_stats, name=layer_name(f"{prefix}.downsample.2"), dtype=self.dtype_policy),
             ]
 
     def conv_norm_pairs(self):
@@ -211,9 +215,10 @@ class Res2NetBackbone(ResNetBackbone):
         half = self.base_channels // 2
         stem = []
         for index, (filters, stride) in enumerate(((half, 2), (half, 1), (self.base_channels, 1))):
-            name = f"{prefix}.stem.{3 * index}"
-            stem.append(PaddedConv2D(filters, 3, pad=1, strides=stride, use_bias=False, name=name, dtype=self.dtype_policy))
-            stem.append(BatchNorm(self.norm_eval, name=f"{prefix}.stem.{3 * index + 1}", dtype=self.dtype_policy))
+            conv_name, norm_name = layer_name(f"{prefix}.stem.{3 * index}"), layer_name(f"{prefix}.stem.{3 * index + 1}")
+            stem.append(PaddedConv2D(filters, 3, pad=1, strides=stride, use_bias=False, name=conv_name,
+                                     dtype=self.dtype_policy))
+            stem.append(BatchNorm(self.norm_eval, name=norm_name, dtype=self.dtype_policy))
         return stem
 
     def build_block(self, kind, in_channels, planes, stride, first, dcn, prefix):
@@ -229,7 +234,7 @@ class Res2NetBackbone(ResNetBackbone):
             frozen_stats=self.norm_eval,
             dcn=dcn,
             prefix=prefix,
-            name=prefix,
+            name=layer_name(prefix),
             dtype=self.dtype_policy,
         )
 

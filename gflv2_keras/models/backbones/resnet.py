@@ -5,13 +5,15 @@
   because the FPN starts at level 1.
 * Every strided conv and pool pads symmetrically and explicitly (docs/parity.md, Padding), so each level has
   ``ceil(previous / 2)`` rows and samples the same pixels as PyTorch.
-* Layers are named after their official module path (``backbone.layer2.0.conv1``), so a
-  PyTorch state-dict key is ``layer.name + ".weight"`` and conversion is a one-to-one mapping.
+* Layers are named after their official module path by the naming rule of
+  ``gflv2_keras.layers.naming`` (``backbone.layer2.0.conv1`` → ``backbone-layer2-0-conv1``), so
+  conversion is a one-to-one mapping. ``prefix`` arguments are official (dotted) module paths.
 """
 
 import keras
 from keras import ops
 
+from gflv2_keras.layers.naming import layer_name
 from gflv2_keras.layers.norm import BatchNorm
 from gflv2_keras.layers.padded_conv import PaddedConv2D
 
@@ -24,17 +26,19 @@ STAGE_BLOCKS = {
 }
 
 
-def make_conv(filters, kernel_size, name, strides=1, groups=1, dcn=None, dtype=None):
+def make_conv(filters, kernel_size, path, strides=1, groups=1, dcn=None, dtype=None):
     """A bias-free conv with symmetric padding, or a deformable conv when ``dcn`` is set.
 
     Args:
+        path: the official module path (``backbone.layer1.0.conv1``) that names the layer.
         dcn: ``None`` or a dict ``{"modulated": bool, "deform_groups": int, "implementation":
             "auto" | "portable" | "custom_op"}`` (mmcv ``DCN`` is ``modulated=False``, ``DCNv2`` is
-            ``modulated=True``). ``"auto"`` (default) runs the C++ custom op when it is built and
-            the graph is not XLA-compiled, else the portable keras-ops path; exports always use
-            the portable path.
+            ``modulated=True``). ``"auto"`` (default) runs the C++ custom op on the TensorFlow
+            backend when it is built (``layers.deform_conv2d``), else the portable keras-ops path;
+            exports and XLA-compiled graphs use the portable path.
         dtype: the dtype policy (the parent's, so ``mixed_bfloat16`` reaches every conv).
     """
+    name = layer_name(path)
     if dcn is None:
         return PaddedConv2D(
             filters, kernel_size, strides=strides, groups=groups, use_bias=False, name=name, dtype=dtype
@@ -63,9 +67,9 @@ class _Block(keras.layers.Layer):
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = [
-                PaddedConv2D(out_channels, 1, pad=0, strides=stride, use_bias=False, name=f"{prefix}.downsample.0",
-                             dtype=self.dtype_policy),
-                BatchNorm(frozen_stats, name=f"{prefix}.downsample.1", dtype=self.dtype_policy),
+                PaddedConv2D(out_channels, 1, pad=0, strides=stride, use_bias=False,
+                             name=layer_name(f"{prefix}.downsample.0"), dtype=self.dtype_policy),
+                BatchNorm(frozen_stats, name=layer_name(f"{prefix}.downsample.1"), dtype=self.dtype_policy),
             ]
 
     def conv_norm_pairs(self):
@@ -90,9 +94,9 @@ class BasicBlock(_Block):
     def __init__(self, in_channels, planes, stride=1, frozen_stats=True, dcn=None, prefix="", **kwargs):
         super().__init__(**kwargs)
         self.conv1 = make_conv(planes, 3, f"{prefix}.conv1", strides=stride, dtype=self.dtype_policy)
-        self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1", dtype=self.dtype_policy)
+        self.bn1 = BatchNorm(frozen_stats, name=layer_name(f"{prefix}.bn1"), dtype=self.dtype_policy)
         self.conv2 = make_conv(planes, 3, f"{prefix}.conv2", dcn=dcn, dtype=self.dtype_policy)
-        self.bn2 = BatchNorm(frozen_stats, name=f"{prefix}.bn2", dtype=self.dtype_policy)
+        self.bn2 = BatchNorm(frozen_stats, name=layer_name(f"{prefix}.bn2"), dtype=self.dtype_policy)
         self.build_shortcut(in_channels, planes, stride, frozen_stats, prefix)
 
     def call(self, x, training=None):
@@ -127,11 +131,11 @@ class Bottleneck(_Block):
         super().__init__(**kwargs)
         width = planes if groups == 1 else (planes * base_width // base_channels) * groups
         self.conv1 = make_conv(width, 1, f"{prefix}.conv1", dtype=self.dtype_policy)
-        self.bn1 = BatchNorm(frozen_stats, name=f"{prefix}.bn1", dtype=self.dtype_policy)
+        self.bn1 = BatchNorm(frozen_stats, name=layer_name(f"{prefix}.bn1"), dtype=self.dtype_policy)
         self.conv2 = make_conv(width, 3, f"{prefix}.conv2", strides=stride, groups=groups, dcn=dcn, dtype=self.dtype_policy)
-        self.bn2 = BatchNorm(frozen_stats, name=f"{prefix}.bn2", dtype=self.dtype_policy)
+        self.bn2 = BatchNorm(frozen_stats, name=layer_name(f"{prefix}.bn2"), dtype=self.dtype_policy)
         self.conv3 = make_conv(planes * 4, 1, f"{prefix}.conv3", dtype=self.dtype_policy)
-        self.bn3 = BatchNorm(frozen_stats, name=f"{prefix}.bn3", dtype=self.dtype_policy)
+        self.bn3 = BatchNorm(frozen_stats, name=layer_name(f"{prefix}.bn3"), dtype=self.dtype_policy)
         self.build_shortcut(in_channels, planes * 4, stride, frozen_stats, prefix)
 
     def call(self, x, training=None):
@@ -153,7 +157,7 @@ class ResNetBackbone(keras.layers.Layer):
         dcn: ``{"modulated": False, "deform_groups": 1}`` (mmcv ``DCN``) when any stage has DCN.
         frozen_stages: stem and stages ``1..frozen_stages`` are not trained (-1: none frozen).
         norm_eval: BatchNorm uses its moving statistics in training too (official: True).
-        prefix: name prefix of the official module path (``"backbone"``).
+        prefix: official module path of the backbone (``"backbone"``); layer names follow from it.
 
     Call:
         ``images [B, H, W, 3]`` float → ``[C3, C4, C5]`` with ``base_channels * 2**i * expansion``
@@ -223,9 +227,9 @@ class ResNetBackbone(keras.layers.Layer):
     def build_stem(self, prefix):
         """7x7/2 conv, BN, ReLU (the 3x3/2 max-pool is applied in ``call``)."""
         return [
-            PaddedConv2D(self.base_channels, 7, pad=3, strides=2, use_bias=False, name=f"{prefix}.conv1",
+            PaddedConv2D(self.base_channels, 7, pad=3, strides=2, use_bias=False, name=layer_name(f"{prefix}.conv1"),
                          dtype=self.dtype_policy),
-            BatchNorm(self.norm_eval, name=f"{prefix}.bn1", dtype=self.dtype_policy),
+            BatchNorm(self.norm_eval, name=layer_name(f"{prefix}.bn1"), dtype=self.dtype_policy),
         ]
 
     def build_block(self, kind, in_channels, planes, stride, first, dcn, prefix):
@@ -233,8 +237,8 @@ class ResNetBackbone(keras.layers.Layer):
         if kind == "basic":
             if dcn is not None:
                 raise ValueError("DCN is only supported in Bottleneck blocks (depth >= 50)")
-            return BasicBlock(in_channels, planes, stride, frozen_stats=self.norm_eval, prefix=prefix, name=prefix,
-                               dtype=self.dtype_policy)
+            return BasicBlock(in_channels, planes, stride, frozen_stats=self.norm_eval, prefix=prefix,
+                              name=layer_name(prefix), dtype=self.dtype_policy)
         return Bottleneck(
             in_channels,
             planes,
@@ -245,7 +249,7 @@ class ResNetBackbone(keras.layers.Layer):
             frozen_stats=self.norm_eval,
             dcn=dcn,
             prefix=prefix,
-            name=prefix,
+            name=layer_name(prefix),
             dtype=self.dtype_policy,
         )
 
