@@ -1,6 +1,11 @@
-"""The compiled inference path of ``GFLV2Detector`` (``detect``, ``predict``, evaluation).
+"""The compiled inference path of ``GFLV2ObjectDetector`` (``detect``, ``predict``, evaluation).
 
-One ``tf.function`` per (network canvas, box format): preprocessing (resize, normalise, pad to
+``inference_runner(detector)`` picks it per Keras backend: ``InferenceFunctions`` on TensorFlow
+(below), ``PortableInference`` on JAX (one ``jax.jit`` per canvas) and PyTorch (eager, no
+autograd). Both run the same ``detect_batch``; only the TensorFlow one adds the fused GroupNorm
+kernel and the XLA choice, which are TensorFlow functions.
+
+TensorFlow: one ``tf.function`` per (network canvas, box format): preprocessing (resize, normalise, pad to
 the static canvas of ``preprocessing.canvas_size``), the network, per-level top-k candidate
 decoding, NMS and the format conversion all run inside it, so a call is one graph execution
 with no host round trip. Retracing is bounded by the number of canvases
@@ -19,8 +24,9 @@ Inside that function the network (backbone, FPN, head) runs
 """
 
 import contextlib
+import functools
 
-import tensorflow as tf
+import keras
 from keras import ops
 
 # (device kind, compute dtype) -> network under XLA. Measured with ``gflv2 benchmark``
@@ -40,6 +46,8 @@ XLA_DEFAULTS = {
 
 def device_kind():
     """``"gpu"`` when TensorFlow sees a GPU, else ``"cpu"``."""
+    import tensorflow as tf
+
     return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
 
@@ -101,12 +109,26 @@ def group_norm_relu(norm, x):
     """
     if not (norm.built and norm.center and norm.scale) or norm.axis not in (-1, 3):
         return ops.relu(norm(x))
+    import tensorflow as tf
+
     gamma, beta = (tf.convert_to_tensor(v) for v in (norm.gamma, norm.beta))  # read here: tensors trace
     return _xla_group_norm_relu(x, gamma, beta, groups=norm.groups, epsilon=norm.epsilon)
 
 
-@tf.function(jit_compile=True)
 def _xla_group_norm_relu(x, gamma, beta, groups, epsilon):
+    return _xla_kernel()(x, gamma, beta, groups=groups, epsilon=epsilon)
+
+
+@functools.lru_cache(maxsize=1)
+def _xla_kernel():
+    import tensorflow as tf
+
+    return tf.function(_group_norm_relu_tf, jit_compile=True)
+
+
+def _group_norm_relu_tf(x, gamma, beta, groups, epsilon):
+    import tensorflow as tf
+
     shape = tf.shape(x)
     channels = gamma.shape[0]
     grouped = tf.cast(tf.reshape(x, [shape[0], shape[1], shape[2], groups, channels // groups]), tf.float32)
@@ -147,6 +169,8 @@ class InferenceFunctions:
 
     def __call__(self, images, canvas, bounding_box_format, return_box_distributions=False):
         """Run ``detect_batch`` on uint8 ``[B, H, W, 3]`` images whose canvas is ``canvas``."""
+        import tensorflow as tf
+
         key = (tuple(canvas), bounding_box_format, bool(return_box_distributions))
         if not self.detector.built:
             self.detector.build_for_inference()  # variables exist before tracing (the fused kernels read them)
@@ -179,5 +203,49 @@ class InferenceFunctions:
             if not resolve_jit(detector.inference_jit, detector.dtype_policy.compute_dtype):
                 return detector(inputs, training=False)
             if self._xla_network is None:
+                import tensorflow as tf
+
                 self._xla_network = tf.function(lambda x: detector(x, training=False), jit_compile=True)
             return self._xla_network(inputs)
+
+
+class PortableInference:
+    """``detect_batch`` on JAX (one ``jax.jit`` per canvas, box format and output set, the
+    variables passed in through ``keras.StatelessScope``) or PyTorch (eager, without autograd).
+
+    Same call and cache as ``InferenceFunctions``; ``traces`` counts JAX traces.
+    """
+
+    def __init__(self, detector):
+        self.detector = detector
+        self.functions = {}
+        self.traces = 0
+
+    def __call__(self, images, canvas, bounding_box_format, return_box_distributions=False):
+        detector = self.detector
+        arguments = dict(bounding_box_format=bounding_box_format, canvas=tuple(canvas),
+                         return_box_distributions=bool(return_box_distributions))  # fmt: skip
+        if keras.config.backend() == "torch":
+            import torch
+
+            with torch.no_grad():
+                return detector.detect_batch(ops.convert_to_tensor(images), **arguments)
+        key = tuple(arguments.values())
+        if key not in self.functions:
+            import jax
+
+            variables = list(detector.variables)
+
+            def detect(values, batch):
+                self.traces += 1
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return detector.detect_batch(batch, **arguments)
+
+            self.functions[key] = (jax.jit(detect), variables)
+        function, variables = self.functions[key]
+        return function([v.value for v in variables], images)
+
+
+def inference_runner(detector):
+    """The in-process inference of ``detector`` for the current Keras backend (see the module docstring)."""
+    return InferenceFunctions(detector) if keras.config.backend() == "tensorflow" else PortableInference(detector)

@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 from gflv2_keras.models.backbone import GFLV2Backbone
-from gflv2_keras.models.fast_inference import InferenceFunctions, foldable_pairs, folded_norms, validate_jit
+from gflv2_keras.models.fast_inference import foldable_pairs, folded_norms, inference_runner, validate_jit
 from gflv2_keras.models.gfl_head import GFLHead
 from gflv2_keras.models.inputs import is_array, validate_batch, validate_image
 from gflv2_keras.models.preprocessing import DEFAULT_SCALE, canvas_size, preprocess_images
@@ -528,7 +528,7 @@ class GFLV2ObjectDetector(keras_hub.models.ObjectDetector):
     @property
     def _inference_functions(self):
         if getattr(self, "_inference_cache", None) is None:
-            object.__setattr__(self, "_inference_cache", InferenceFunctions(self))
+            object.__setattr__(self, "_inference_cache", inference_runner(self))
         return self._inference_cache
 
     def fuse_for_inference(self, enabled=True):

@@ -135,12 +135,13 @@ def _load_as_saved(cls, preset, overrides):
 
 def _local_folder(preset):
     folder = Path(preset)
-    if not folder.is_dir():
-        if folder.exists():
-            raise FileNotFoundError(f"{preset}: not a preset folder (a preset folder holds {CONFIG_FILE})")
-        known = ", ".join(sorted(PRESETS))
-        raise FileNotFoundError(f"{preset}: no such preset folder, and not a preset name ({known})")
-    return folder
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise FileNotFoundError(f"{preset}: not a preset folder (a preset folder holds {CONFIG_FILE})")
+    if "/" in str(preset) or "\\" in str(preset):
+        raise FileNotFoundError(f"{preset}: no such preset folder (a preset folder holds {CONFIG_FILE})")
+    preset_info(str(preset))  # raises "Unknown preset ..." with the list of names
 
 
 def _keras_hub_load(cls, preset, load_weights, **overrides):

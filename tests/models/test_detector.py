@@ -22,7 +22,7 @@ def test_output_shapes_for_odd_and_even_sizes(nano, hw):
     assert out["confidence"].shape == (2, n, 4)  # 3 classes + the official background column
     assert out["box_logits"].shape == (2, n, 68)
     # The per-level feature maps really have the sizes the points are laid on.
-    feats = nano.neck(nano.backbone(np.zeros((1,) + hw + (3,), np.float32)))
+    feats = nano.backbone(np.zeros((1,) + hw + (3,), np.float32))
     assert [tuple(f.shape[1:3]) for f in feats] == level_sizes(*hw)
 
 
