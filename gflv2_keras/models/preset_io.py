@@ -18,7 +18,6 @@ Named presets (``gflv2_keras.presets``) are plain data; their weights live in th
 ``preset_home() / name`` (either layout).
 """
 
-import copy
 import json
 from pathlib import Path
 
@@ -161,9 +160,9 @@ def _with_classes(cls, model, preset, classes):
                 raise ValueError(f"class_names has {len(names)} names but num_classes is {num_classes}")
             model.class_names = list(names)
         return model
-    config = copy.deepcopy(model.get_config())
-    config.update(num_classes=num_classes, class_names=list(names) if names is not None else None)
-    target = cls.from_config(config)
+    serialized = _plain(keras.saving.serialize_keras_object(model))
+    serialized["config"].update(num_classes=num_classes, class_names=list(names) if names is not None else None)
+    target = keras.saving.deserialize_keras_object(serialized)
     copied, kept = transfer_weights(model, target)
     print(
         f"[preset] {preset}: {copied} weight tensors loaded; {CLASSIFIER_OUTPUT} ({kept} tensors) re-initialised "
