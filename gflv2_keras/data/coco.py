@@ -145,7 +145,7 @@ def check_image_files(dataset, mode="header"):
     """
     if mode not in ("header", "decode"):
         raise ValueError(f"check_image_files: mode must be 'header' or 'decode', got {mode!r}")
-    if mode in dataset._checked_modes:
+    if mode in dataset.checked_modes:
         return dataset.usable_records()
     for record in dataset.records:
         if record["image_id"] in dataset.unreadable:
@@ -156,7 +156,7 @@ def check_image_files(dataset, mode="header"):
         if reason is not None:
             dataset.mark_unreadable(record, reason)
     # A decode check includes the header check.
-    dataset._checked_modes.update(("header", "decode") if mode == "decode" else ("header",))
+    dataset.checked_modes.update(("header", "decode") if mode == "decode" else ("header",))
     return dataset.usable_records()
 
 

@@ -83,7 +83,7 @@ class DetectionDataset:
     unreadable: dict = dataclasses.field(default_factory=dict)
     format: str = "coco"
     split: str = None
-    _checked_modes: set = dataclasses.field(default_factory=set, repr=False)
+    checked_modes: set = dataclasses.field(default_factory=set, repr=False)
 
     @property
     def num_classes(self):
