@@ -81,3 +81,11 @@ def test_batched_raw_samples_are_refused(records, nano_factory):
     model = nano_factory(seed=4, num_classes=5, input_scale=SCALE)
     with pytest.raises(ValueError, match="unbatched"):
         model.prepare_dataset(raw_samples(records).padded_batch(2), 2)
+
+
+def test_evaluate_takes_the_raw_samples_fit_takes(records, nano_factory, pipeline_loss):
+    model = nano_factory(seed=4, num_classes=5, input_scale=SCALE)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0))
+    logs = model.evaluate(raw_samples(records), batch_size=2, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(pipeline_loss, rel=1e-5)
+    assert {"qfl", "dfl", "giou"} <= set(logs)
