@@ -3,13 +3,27 @@
 ``saved_model`` (default) writes a TF Serving model version ``PATH/<N>/`` (signatures in
 ``gflv2_keras.export.saved_model``) and prints the ``docker run`` command that serves it.
 ``onnx``, ``litert`` and ``openvino`` write a folder ``PATH`` with the model file and
-``export.json`` (``gflv2_keras.export.formats``), at a fixed ``--input-size H W``.
+``export.json`` (``gflv2_keras.export.formats``), at a fixed ``--input-size H W``, with boxes in
+``--box-layout`` (a box format name of ``keras.utils.bounding_boxes``, ``ops.box_formats``).
 """
 
 import time
 from pathlib import Path
 
 from gflv2_keras.utils.cli import UserError
+
+# The help text names the formats without importing ``ops.box_formats`` (which loads Keras);
+# ``tests/export`` checks it names every one of ``BOUNDING_BOX_FORMATS``.
+BOX_LAYOUT_HELP = (
+    "onnx/litert/openvino: format of the output boxes, a keras.utils.bounding_boxes name: xyxy (x1, y1, x2, y2 "
+    "pixels, the default), yxyx, xywh, center_xywh, center_yxhw (pixels), rel_xyxy, rel_yxyx, rel_xywh, "
+    "rel_center_xywh (relative to the input height and width; rel_yxyx is the TF Object Detection API's "
+    "normalised layout, what --box-layout yxyx meant before Keras' names)"
+)
+LEGACY_YXYX_NOTE = (
+    "note: --box-layout yxyx is (ymin, xmin, ymax, xmax) in pixels (Keras' name); the normalised TF Object "
+    "Detection API layout it meant in earlier versions is --box-layout rel_yxyx"
+)
 
 
 def register(subparsers):
@@ -29,8 +43,7 @@ def register(subparsers):
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                         help="onnx/litert/openvino: fixed input image size (default: the preset's input scale)")
     parser.add_argument("--batch-size", type=int, default=1, help="onnx/litert/openvino: fixed batch (default 1)")
-    parser.add_argument("--box-layout", default="xyxy",
-                        help="onnx/litert/openvino: xyxy pixels (default) or yxyx normalised (TF OD API)")
+    parser.add_argument("--box-layout", default=None, metavar="FORMAT", help=BOX_LAYOUT_HELP)
     parser.add_argument("--weights", default="fp32",
                         help="fp32 (default); int8 dynamic-range (onnx, litert); fp16 (litert)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
@@ -54,6 +67,9 @@ def run(args):
         if args.box_distributions:
             raise UserError(f"--box-distributions is available for --format saved_model only, not {args.format}")
         return _run_portable(args)
+    if args.box_layout is not None:
+        raise UserError("--box-layout is available for --format onnx, litert or openvino; the SavedModel's "
+                        "detection_boxes are xyxy pixels")  # fmt: skip
     output = Path(args.output)
     if args.version < 0:
         raise UserError(f"--version must be >= 0, got {args.version}")
@@ -100,9 +116,19 @@ def _load_detector(args):
 
 
 def _run_portable(args):
+    import sys
+
+    from gflv2_keras.ops.box_formats import validate_bounding_box_format
+
     target = Path(args.output)
+    try:
+        box_layout = validate_bounding_box_format(args.box_layout or "xyxy")
+    except ValueError as error:
+        raise UserError(f"--box-layout: {str(error).replace('bounding_box_format: ', '', 1)}") from None
     if target.exists() and not args.overwrite:
         raise UserError(f"{target} already exists; choose another --output or pass --overwrite")
+    if box_layout == "yxyx":
+        print(LEGACY_YXYX_NOTE, file=sys.stderr, flush=True)
     from gflv2_keras.export.formats import export_portable
     from gflv2_keras.export.saved_model import directory_size
 
@@ -110,7 +136,7 @@ def _run_portable(args):
     print(f"[2/2] converting to {args.format} ({args.weights}) in {target}", flush=True)
     start = time.perf_counter()
     path = export_portable(detector, args.format, target, input_size=args.input_size, batch_size=args.batch_size,
-                           box_layout=args.box_layout, weights=args.weights, overwrite=args.overwrite,
+                           box_layout=box_layout, weights=args.weights, overwrite=args.overwrite,
                            preset=str(args.preset))  # fmt: skip
     print(f"done: {path} written in {time.perf_counter() - start:.1f} s ({directory_size(path) / 2**20:.1f} MiB)")
     print(f"run it: gflv2 predict IMAGE.jpg --model {path}")

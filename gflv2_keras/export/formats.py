@@ -18,8 +18,12 @@ litert     model.tflite         no          CombinedNonMaxSuppression is no TFLi
 =========  ===================  ==========  ==================================================
 
 Every format takes uint8 RGB ``[batch, H, W, 3]`` of the fixed ``H x W`` (default: the
-preset's ``input_scale`` as a landscape image). Deformable convolutions are traced with the
-portable implementation; no custom op is in any artifact.
+preset's ``input_scale`` as a landscape image) and traces ``models.detection_graph`` (the graph
+of ``detector.detect``, frozen BatchNorms folded): ``detect_batch`` where NMS is inside,
+``pre_nms_candidates`` for LiteRT. Deformable convolutions are traced with the portable
+implementation; no custom op is in any artifact. Boxes are in the export's
+``bounding_box_format`` (``--box-layout``, a name of ``ops.box_formats``; ``export.json``
+records it as ``"bounding_box_format"``).
 """
 
 import json
@@ -29,6 +33,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from gflv2_keras.export.graph import default_input_size, inference_function
+from gflv2_keras.ops.box_formats import validate_bounding_box_format
 from gflv2_keras.utils.cli import UserError
 from gflv2_keras.utils.files import publish_directory, refuse_existing
 
@@ -65,7 +70,9 @@ def export_portable(detector, fmt, output, input_size=None, batch_size=1, box_la
     Args:
         input_size: ``(H, W)``; default ``default_input_size(detector)``.
         batch_size: fixed batch of the input.
-        box_layout: ``"xyxy"`` pixels or ``"yxyx"`` normalised (see ``export.graph``).
+        box_layout: format of the returned boxes, a name of ``ops.box_formats`` (``"xyxy"``
+            pixels by default; ``"rel_yxyx"`` is the TF Object Detection API's normalised
+            layout; see ``export.graph``).
         weights: ``fp32``, or ``int8`` (ONNX, LiteRT: dynamic-range quantised weights),
             or ``fp16`` (LiteRT: float16 weights).
 
@@ -78,6 +85,7 @@ def export_portable(detector, fmt, output, input_size=None, batch_size=1, box_la
         raise ValueError(f"{fmt} supports weights {', '.join(WEIGHT_TYPES[fmt])}, not {weights!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    box_format = validate_bounding_box_format(box_layout)
     target = Path(output)
     refuse_existing(target, overwrite, "export")
     for module in {"onnx": ["tf2onnx", "onnx"], "litert": [], "openvino": ["tf2onnx", "onnx", "openvino"]}[fmt]:
@@ -86,14 +94,14 @@ def export_portable(detector, fmt, output, input_size=None, batch_size=1, box_la
         detector.build_for_inference()
     size = tuple(int(v) for v in (input_size or default_input_size(detector)))
     nms_inside = fmt != "litert"
-    function = inference_function(detector, size, batch_size, with_nms=nms_inside, box_layout=box_layout)
+    function = inference_function(detector, size, batch_size, with_nms=nms_inside, box_layout=box_format)
     metadata = {
         "format": fmt,
         "model_file": MODEL_FILES[fmt],
         "input_name": "images",
         "input_size": list(size),
         "batch_size": batch_size,
-        "box_layout": box_layout,
+        "bounding_box_format": box_format,
         "weights": weights,
         "nms_inside": nms_inside,
         "num_classes": detector.num_classes,
@@ -101,6 +109,7 @@ def export_portable(detector, fmt, output, input_size=None, batch_size=1, box_la
         "test_config": {k: detector.test_config[k] for k in ("score_threshold", "iou_threshold", "max_detections")},
         "preset": preset,
     }
+
     def write(staging):
         WRITERS[fmt](function, staging, weights, detector)
         if not nms_inside:
@@ -138,18 +147,12 @@ def _write_onnx(function, folder, weights, detector):
 def _write_litert(function, folder, weights, detector):
     import tempfile
 
-    import keras
-
-    from gflv2_keras.export.saved_model import _track_tf_variables, _write_archive
+    from gflv2_keras.export.archive import write_saved_model
 
     # Through a SavedModel: the converter then freezes the variables into constants and the
     # flatbuffer gets a "serving_default" signature with named inputs and outputs.
-    archive = keras.export.ExportArchive()
-    archive.track(detector)
-    _track_tf_variables(archive)
-    archive.add_endpoint("serving_default", function.python_function, input_signature=function.input_signature)
     with tempfile.TemporaryDirectory(dir=folder) as saved:
-        _write_archive(archive, saved)
+        write_saved_model({"serving_default": (function.python_function, function.input_signature)}, saved)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
         if weights in ("fp16", "int8"):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8: dynamic-range weights

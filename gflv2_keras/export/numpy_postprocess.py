@@ -13,12 +13,18 @@ official redundant background column (``gflv2_keras/ops/postprocess.py``; offici
 * the kept pairs of all classes are sorted by descending score, the best ``max_detections``
   kept, and those of class ``num_classes`` (the background column) removed.
 
+Boxes: the NMS compares ``candidate_boxes`` (xyxy pixels of the model input). An export whose
+``export.json`` ``"bounding_box_format"`` is not ``xyxy`` also outputs ``candidate_output_boxes``
+(the same candidates in that format, converted inside the model); pass them as
+``output_boxes`` and the kept boxes are taken from them.
+
 Usage::
 
     from postprocess import postprocess
     out = interpreter outputs ...   # candidate_boxes [B, M, 4], candidate_scores [B, M, C']
     dets = postprocess(out["candidate_boxes"], out["candidate_scores"], num_classes=80,
-                       score_threshold=0.05, iou_threshold=0.6, max_detections=100)
+                       score_threshold=0.05, iou_threshold=0.6, max_detections=100,
+                       output_boxes=out.get("candidate_output_boxes"))
 """
 
 import numpy as np
@@ -56,11 +62,15 @@ def class_nms(boxes, scores, score_threshold, iou_threshold, max_output):
     return np.asarray(kept, dtype=np.int64)
 
 
-def postprocess_image(boxes, scores, num_classes, score_threshold=0.05, iou_threshold=0.6, max_detections=100):
+def postprocess_image(boxes, scores, num_classes, score_threshold=0.05, iou_threshold=0.6, max_detections=100,
+                      output_boxes=None):  # fmt: skip
     """One image: ``boxes [M, 4]`` xyxy, ``scores [M, C']`` → unpadded detections.
 
+    ``output_boxes [M, 4]``: the candidates in the export's box format, if not xyxy.
+
     Returns:
-        ``{"boxes": [K, 4] float32 xyxy, "confidence": [K] float32 (descending), "labels": [K] int64}``.
+        ``{"boxes": [K, 4] float32 (xyxy, or rows of output_boxes), "confidence": [K] float32
+        (descending), "labels": [K] int64}``.
     """
     boxes = np.asarray(boxes, np.float32)
     scores = np.asarray(scores, np.float32)
@@ -73,22 +83,20 @@ def postprocess_image(boxes, scores, num_classes, score_threshold=0.05, iou_thre
     rows, all_scores, classes = (np.concatenate(parts) for parts in (kept_rows, kept_scores, kept_classes))
     order = np.argsort(-all_scores, kind="stable")[:max_detections]
     order = order[classes[order] < num_classes]
-    return {"boxes": boxes[rows[order]], "confidence": all_scores[order], "labels": classes[order]}
+    source = boxes if output_boxes is None else np.asarray(output_boxes, np.float32)
+    return {"boxes": source[rows[order]], "confidence": all_scores[order], "labels": classes[order]}
 
 
 def postprocess(candidate_boxes, candidate_scores, num_classes, score_threshold=0.05, iou_threshold=0.6,
-                max_detections=100, box_layout="xyxy", image_size=None):  # fmt: skip
+                max_detections=100, output_boxes=None):  # fmt: skip
     """A batch: ``[B, M, 4]`` and ``[B, M, C']`` → list of per-image detection dicts.
 
-    ``box_layout="yxyx"`` returns ``(ymin, xmin, ymax, xmax)`` divided by ``image_size = (H, W)``.
+    ``output_boxes``: the model's ``candidate_output_boxes [B, M, 4]`` (exports whose box format
+    is not xyxy); the returned boxes are then in that format.
     """
-    results = []
-    for boxes, scores in zip(candidate_boxes, candidate_scores):
-        result = postprocess_image(boxes, scores, num_classes, score_threshold, iou_threshold, max_detections)
-        if box_layout == "yxyx":
-            height, width = image_size
-            result["boxes"] = result["boxes"][:, [1, 0, 3, 2]] / np.float32([height, width, height, width])
-        elif box_layout != "xyxy":
-            raise ValueError(f"unknown box layout {box_layout!r}; valid: xyxy, yxyx")
-        results.append(result)
-    return results
+    if output_boxes is None:
+        output_boxes = [None] * len(candidate_boxes)
+    return [
+        postprocess_image(boxes, scores, num_classes, score_threshold, iou_threshold, max_detections, out)
+        for boxes, scores, out in zip(candidate_boxes, candidate_scores, output_boxes)
+    ]

@@ -6,6 +6,11 @@ or a corrupt one is refused with a ``ValueError`` naming it) and returns an
 ``ExportedDetector`` whose ``detect(image)`` returns ``{"boxes": [K, 4] xyxy original pixels,
 "confidence": [K], "labels": [K] int}`` like ``GFLV2Detector.detect``.
 
+The export's box format (``export_box_format``) is ``export.json``'s ``"bounding_box_format"``
+(a name of ``ops.box_formats``); an export written before those names has ``"box_layout"``
+instead, whose ``"yxyx"`` meant normalised ``(ymin, xmin, ymax, xmax)``: it reads as
+``rel_yxyx`` (``export.graph.LEGACY_BOX_LAYOUTS``).
+
 Fixed-size exports: an image of another size is stretched to the export's ``H x W`` (PIL
 bilinear) and the boxes are mapped back to its own pixels; such results equal
 ``detector.detect`` on the stretched image, not on the original (export with
@@ -18,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from gflv2_keras.export.formats import METADATA_FILE, MODEL_FILES, MissingRuntimeError, require
+from gflv2_keras.export.graph import LEGACY_BOX_LAYOUTS
 from gflv2_keras.export.numpy_postprocess import postprocess
+from gflv2_keras.ops.box_formats import convert_boxes, validate_bounding_box_format
 
 TFLITE_MAGIC = b"TFL3"  # bytes 4..8 of a TFLite flatbuffer
 
@@ -42,6 +49,24 @@ def export_folder(path):
     if path.is_file() and path.name not in (MODEL_FILES.get(fmt), "model.bin"):
         raise ValueError(f"{path}: not the {fmt} model of this export ({folder / MODEL_FILES[fmt]})")
     return folder, metadata
+
+
+def export_box_format(metadata):
+    """The ``ops.box_formats`` name of an export's boxes, from its ``export.json`` metadata."""
+    if "bounding_box_format" in metadata:
+        return validate_bounding_box_format(metadata["bounding_box_format"])
+    layout = metadata.get("box_layout", "xyxy")
+    if layout not in LEGACY_BOX_LAYOUTS:
+        raise ValueError(f"unknown box layout {layout!r} in {METADATA_FILE}; valid: {', '.join(LEGACY_BOX_LAYOUTS)}")
+    return LEGACY_BOX_LAYOUTS[layout]
+
+
+def _convert(boxes, source, target, height, width):
+    """NumPy ``[K, 4]`` float32 boxes from ``source`` to ``target`` (``ops.box_formats.convert_boxes``)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if source == target or not len(boxes):
+        return boxes
+    return np.asarray(convert_boxes(boxes, source, target, height, width), np.float32)
 
 
 def _check_model_file(path, fmt):
@@ -73,6 +98,7 @@ class ExportedDetector:
         self.class_names = self.metadata.get("class_names")
         self.height, self.width = self.metadata["input_size"]
         self.batch_size = int(self.metadata["batch_size"])
+        self.bounding_box_format = export_box_format(self.metadata)
         model_path = self.folder / MODEL_FILES[self.format]
         _check_model_file(model_path, self.format)
         try:
@@ -83,13 +109,21 @@ class ExportedDetector:
             raise ValueError(f"{model_path}: cannot be loaded as {self.format} ({str(error).splitlines()[0]})") from None
 
     def run_batch(self, images):
-        """uint8 ``[batch, H, W, 3]`` → list of per-image ``{"boxes", "confidence", "labels"}`` (layout of the export)."""
+        """uint8 ``[batch, H, W, 3]`` → list of per-image ``{"boxes", "confidence", "labels"}``.
+
+        Boxes are in the export's ``bounding_box_format`` of the ``H x W`` input.
+        """
         outputs = self._run(np.ascontiguousarray(images, dtype=np.uint8))
         if not self.metadata["nms_inside"]:
             config = self.metadata["test_config"]
-            return postprocess(outputs["candidate_boxes"], outputs["candidate_scores"], self.metadata["num_classes"],
-                               config["score_threshold"], config["iou_threshold"], config["max_detections"],
-                               self.metadata["box_layout"], (self.height, self.width))  # fmt: skip
+            results = postprocess(outputs["candidate_boxes"], outputs["candidate_scores"], self.metadata["num_classes"],
+                                  config["score_threshold"], config["iou_threshold"], config["max_detections"],
+                                  output_boxes=outputs.get("candidate_output_boxes"))  # fmt: skip
+            if "candidate_output_boxes" not in outputs:  # xyxy, or an export from before that output
+                for result in results:
+                    result["boxes"] = _convert(result["boxes"], "xyxy", self.bounding_box_format, self.height,
+                                               self.width)  # fmt: skip
+            return results
         results = []
         for i in range(len(images)):
             count = int(outputs["num_detections"][i])
@@ -101,9 +135,12 @@ class ExportedDetector:
         return results
 
     def detect(self, image, bounding_box_format="xyxy"):
-        """One uint8 RGB ``[h, w, 3]`` image (any size) → unpadded detections in its pixels (xyxy)."""
-        if bounding_box_format != "xyxy":
-            raise ValueError(f"an exported model returns xyxy pixel boxes, not {bounding_box_format!r}")
+        """One uint8 RGB ``[h, w, 3]`` image (any size) → unpadded detections of it.
+
+        Boxes in ``bounding_box_format`` (a name of ``ops.box_formats``; default xyxy pixels,
+        ``rel_*`` relative to the image's ``h``, ``w``), whatever the export's own format.
+        """
+        fmt = validate_bounding_box_format(bounding_box_format)
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}")
@@ -114,10 +151,9 @@ class ExportedDetector:
             image = np.asarray(Image.fromarray(image).resize((self.width, self.height), Image.BILINEAR))
         batch = np.repeat(image[None], self.batch_size, axis=0)
         result = self.run_batch(batch)[0]
-        boxes = np.asarray(result["boxes"], np.float32)
-        if self.metadata["box_layout"] == "yxyx":
-            boxes = boxes[:, [1, 0, 3, 2]] * np.float32([self.width, self.height, self.width, self.height])
+        boxes = _convert(result["boxes"], self.bounding_box_format, "xyxy", self.height, self.width)
         boxes = boxes * np.float32([w / self.width, h / self.height] * 2)
+        boxes = _convert(boxes, "xyxy", fmt, h, w)
         return {"boxes": boxes, "confidence": result["confidence"], "labels": result["labels"]}
 
 

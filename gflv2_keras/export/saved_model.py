@@ -1,10 +1,11 @@
 """Export a ``GFLV2Detector`` as a SavedModel that TF Serving (and ``TFSMLayer``) can serve.
 
-The whole inference path is inside the graph: image decoding, the official test-time
-preprocessing, the network, integral box decoding and per-class NMS. The SavedModel needs
-neither this package nor any custom op to load (deformable convolutions are traced with the
-portable keras-ops implementation; the export refuses to publish a graph with a ``GflDeform*``
-op).
+The whole inference path is inside the graph: image decoding, then the graph of
+``detector.detect`` (``models.detection_graph.detect_batch``: the official test-time
+preprocessing, the network with its frozen BatchNorms folded, integral box decoding and
+per-class NMS). The SavedModel needs neither this package nor any custom op to load
+(``export.archive``: deformable convolutions are traced with the portable keras-ops
+implementation, a graph with a ``GflDeform*`` op is refused, each weight is stored once).
 
 Signatures
 ----------
@@ -83,18 +84,13 @@ Usage::
     out = layer(tf.constant([jpeg_bytes]))          # same dict of outputs
 """
 
-import contextlib
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
+from gflv2_keras.export.archive import graph_op_types, write_saved_model
+from gflv2_keras.models import detection_graph
 from gflv2_keras.utils.files import publish_directory, refuse_existing
-
-try:
-    from gflv2_keras.layers.deform_conv2d import force_portable
-except ImportError:  # a build without deformable convolutions has nothing to force
-    force_portable = contextlib.nullcontext
 
 BYTES_SIGNATURE = "serving_default"
 TENSOR_SIGNATURE = "image_tensor"
@@ -104,7 +100,6 @@ BYTES_INPUT = "image_bytes"
 TENSOR_INPUT = "image_tensor"
 EXAMPLE_INPUT = "inputs"  # Model Garden's name for the tf_example input
 EXAMPLE_IMAGE_FEATURE = "image/encoded"
-CUSTOM_OP_PREFIX = "GflDeform"
 
 
 def _distribution_shapes(detector):
@@ -126,7 +121,7 @@ def _distribution_shapes(detector):
 
 def _distribution_options(box_distributions):
     """Keyword arguments asking for the box distributions; none by default, so the default export
-    calls ``detect_batch`` (and ``_build_export_archive``) exactly as before the option existed."""
+    calls ``detect_batch`` (and ``serving_endpoints``) exactly as before the option existed."""
     return {"return_box_distributions": True} if box_distributions else {}
 
 
@@ -155,9 +150,9 @@ def _serving_outputs(detections, max_detections, class_names, extra_shapes=None)
 def _serving_functions(detector, box_distributions=False):
     """Endpoint bodies by name; their argument names become the signature input names.
 
-    Both call one shared ``tf.function`` around ``detector.detect_batch`` (asked for xyxy
-    boxes whatever the detector's ``bounding_box_format``: the signatures have their own
-    layout), so the network is traced once per tracing context instead of once per endpoint.
+    All call one shared ``tf.function`` around ``models.detection_graph.detect_batch`` (asked
+    for xyxy boxes whatever the detector's ``bounding_box_format``: the signatures have their
+    own layout), so the network is traced once per tracing context instead of once per endpoint.
     ``box_distributions`` adds the outputs of ``_distribution_shapes``.
     """
     k = int(detector.test_config["max_detections"])
@@ -165,7 +160,7 @@ def _serving_functions(detector, box_distributions=False):
     extra = _distribution_shapes(detector) if box_distributions else {}
     options = _distribution_options(box_distributions)
     detect_batch = tf.function(
-        lambda images: detector.detect_batch(images, bounding_box_format="xyxy", **options),
+        lambda images: detection_graph.detect_batch(detector, images, bounding_box_format="xyxy", **options),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
         autograph=False,
     )
@@ -202,11 +197,10 @@ def _serving_functions(detector, box_distributions=False):
     return {"bytes": image_bytes, "tensor": image_tensor, "example": tf_example}
 
 
-def _build_export_archive(detector, keras_endpoint=False, return_box_distributions=False):
-    """A ``keras.export.ExportArchive`` with the endpoints of the module docstring (untraced).
+def serving_endpoints(detector, keras_endpoint=False, return_box_distributions=False):
+    """The endpoints of the module docstring, ``{name: (fn, input_signature)}`` (untraced).
 
-    Tracing happens when the archive is written; ``_write_archive`` does that inside
-    ``force_portable()`` so the graph never holds the deformable-convolution custom op.
+    ``export.archive.write_saved_model`` traces and writes them.
 
     Args:
         detector: a ``GFLV2Detector`` (built here if needed; its current weights are exported).
@@ -217,39 +211,15 @@ def _build_export_archive(detector, keras_endpoint=False, return_box_distributio
     if not detector.built or not detector.weights:
         detector.build_for_inference()
     bodies = _serving_functions(detector, return_box_distributions)
-    bytes_spec = [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]
     tensor_spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name=TENSOR_INPUT)]
-    archive = keras.export.ExportArchive()
-    archive.track(detector)
-    _track_tf_variables(archive)
-    archive.add_endpoint(BYTES_SIGNATURE, bodies["bytes"], input_signature=bytes_spec)
-    archive.add_endpoint(TENSOR_SIGNATURE, bodies["tensor"], input_signature=tensor_spec)
-    example_spec = [tf.TensorSpec([None], tf.string, name=EXAMPLE_INPUT)]
-    archive.add_endpoint(EXAMPLE_SIGNATURE, bodies["example"], input_signature=example_spec)
+    endpoints = {
+        BYTES_SIGNATURE: (bodies["bytes"], [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]),
+        TENSOR_SIGNATURE: (bodies["tensor"], tensor_spec),
+        EXAMPLE_SIGNATURE: (bodies["example"], [tf.TensorSpec([None], tf.string, name=EXAMPLE_INPUT)]),
+    }
     if keras_endpoint:
-        archive.add_endpoint(KERAS_ENDPOINT, bodies["tensor"], input_signature=tensor_spec)
-    return archive
-
-
-def _track_tf_variables(archive):
-    """Replaces the tracked ``keras.Variable`` wrappers by the ``tf.Variable`` inside each.
-
-    keras-team/keras#23553 (open in Keras 3.15): ``track()`` records the wrappers while the
-    endpoints capture the ``tf.Variable``s; being distinct trackables, both are written, which
-    doubles the SavedModel size and the variable memory of every server that loads it.
-    Tracking the ``tf.Variable``s themselves lets the checkpoint store each weight once. A
-    no-op where Keras already tracks ``tf.Variable``s.
-    """
-    trackable = getattr(archive, "_tf_trackable", None)
-    for name in ("variables", "trainable_variables", "non_trainable_variables"):
-        tracked = getattr(trackable, name, None)
-        if tracked is None:
-            continue
-        unwrapped = []
-        for variable in tracked:
-            inner = getattr(variable, "value", None)  # keras.Variable.value is its tf.Variable
-            unwrapped.append(inner if isinstance(inner, tf.Variable) else variable)
-        setattr(trackable, name, unwrapped)
+        endpoints[KERAS_ENDPOINT] = (bodies["tensor"], tensor_spec)
+    return endpoints
 
 
 def export_saved_model(detector, output_dir, version=1, overwrite=False, warmup=True, box_distributions=False):
@@ -278,8 +248,8 @@ def export_saved_model(detector, output_dir, version=1, overwrite=False, warmup=
     target = Path(output_dir) / str(version)
     refuse_existing(target, overwrite, "model version")
     finish = _warmup_writer(Path(output_dir).resolve().name) if warmup else None
-    archive = _build_export_archive(detector, **_distribution_options(box_distributions))
-    return _write_atomically(archive, target, overwrite, finish=finish)
+    endpoints = serving_endpoints(detector, **_distribution_options(box_distributions))
+    return _write_atomically(endpoints, target, overwrite, finish=finish)
 
 
 def signature_inputs():
@@ -315,22 +285,18 @@ def export_keras_archive(detector, path, overwrite=False, box_distributions=Fals
     """
     target = Path(path)
     refuse_existing(target, overwrite, "model version")
-    archive = _build_export_archive(detector, keras_endpoint=True, **_distribution_options(box_distributions))
-    return _write_atomically(archive, target, overwrite)
+    endpoints = serving_endpoints(detector, keras_endpoint=True, **_distribution_options(box_distributions))
+    return _write_atomically(endpoints, target, overwrite)
 
 
 def saved_model_op_types(path):
-    """Set of every op type in a SavedModel's graphs, function library included."""
-    from tensorflow.core.protobuf import saved_model_pb2
+    """Set of every op type in a SavedModel's signatures, the functions they call included.
 
-    saved_model = saved_model_pb2.SavedModel()
-    saved_model.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
-    types = set()
-    for meta_graph in saved_model.meta_graphs:
-        types.update(node.op for node in meta_graph.graph_def.node)
-        for function in meta_graph.graph_def.library.function:
-            types.update(node.op for node in function.node_def)
-    return types
+    Loads the SavedModel (``tf.saved_model.load``); the export itself checks the graphs it
+    traces before writing them (``export.archive.build_archive``).
+    """
+    loaded = tf.saved_model.load(str(path))
+    return set().union(*(graph_op_types(function) for function in loaded.signatures.values()))
 
 
 def directory_size(path):
@@ -338,24 +304,14 @@ def directory_size(path):
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def _write_archive(archive, directory):
-    with force_portable():
-        archive.write_out(str(directory), verbose=False)
+def _write_atomically(endpoints, target, overwrite, finish=None):
+    """Write ``endpoints`` to a hidden sibling of ``target``, then rename it into place.
 
-
-def _write_atomically(archive, target, overwrite, finish=None):
-    """Write ``archive`` to a hidden sibling of ``target``, check it, then rename it into place.
-
+    ``write_saved_model`` refuses a graph with a custom op before writing anything;
     ``finish(staging_dir)``, if given, adds files (e.g. warm-up requests) before the rename.
     """
     def write(staging):
-        _write_archive(archive, staging)
-        custom = sorted(op for op in saved_model_op_types(staging) if op.startswith(CUSTOM_OP_PREFIX))
-        if custom:
-            raise RuntimeError(
-                f"the exported graph contains custom op(s) {custom}, which TF Serving cannot load; "
-                "deformable convolutions must be traced with their portable implementation"
-            )
+        write_saved_model(endpoints, staging)
         if finish is not None:
             finish(staging)
 

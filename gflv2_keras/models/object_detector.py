@@ -10,14 +10,13 @@ import numpy as np
 from keras import ops
 
 from gflv2_keras.models.backbone import GFLV2Backbone
-from gflv2_keras.models.fast_inference import foldable_pairs, folded_norms, inference_runner, validate_jit
+from gflv2_keras.models.fast_inference import foldable_pairs, inference_runner, validate_jit
 from gflv2_keras.models.gfl_head import GFLHead
 from gflv2_keras.models.inputs import is_array, validate_batch, validate_image
-from gflv2_keras.models.preprocessing import DEFAULT_SCALE, canvas_size, preprocess_images
+from gflv2_keras.models.preprocessing import DEFAULT_SCALE, canvas_size
 from gflv2_keras.models.preprocessor import GFLV2ImageConverter, GFLV2ObjectDetectorPreprocessor
 from gflv2_keras.ops.box_formats import convert_boxes, validate_bounding_box_format
 from gflv2_keras.ops.boxes import STRIDES, anchor_points, level_sizes
-from gflv2_keras.ops.postprocess import postprocess
 
 DEFAULT_TEST_CONFIG = {"nms_pre": 1000, "score_threshold": 0.05, "iou_threshold": 0.6, "max_detections": 100}
 DEFAULT_TRAIN_CONFIG = {"topk": 9, "loss_weights": [1.0, 0.25, 2.0]}
@@ -497,33 +496,9 @@ class GFLV2ObjectDetector(keras_hub.models.ObjectDetector):
             probabilities, ``"bin_widths" [B, K, 4]`` one bin in pixels, ``"anchor_points"
             [B, K, 2]`` ``(x, y)``.
         """
-        fmt = self.bounding_box_format if bounding_box_format is None else validate_bounding_box_format(
-            bounding_box_format
-        )
-        original_h, original_w = _static_hw(images)
-        if canvas is None and isinstance(original_h, int) and isinstance(original_w, int):
-            canvas = canvas_size(original_h, original_w, self.input_scale)
-        inputs, image_info = preprocess_images(images, self.input_scale, canvas=canvas)
-        with folded_norms(self):
-            outputs = network(inputs) if network is not None else self(inputs, training=False)
-        height, width = _static_hw(inputs)
-        sizes, points, point_strides = self.points_for(height, width)
-        detections = postprocess(
-            outputs["confidence"],
-            outputs["box_logits"],
-            points,
-            point_strides,
-            sizes,
-            image_info,
-            num_classes=self.num_classes,
-            reg_max=self.reg_max,
-            **self.test_config,
-            **(self._box_distribution_options() if return_box_distributions else {}),
-        )
-        if fmt != "xyxy":
-            boxes = convert_boxes(detections["boxes"], "xyxy", fmt, original_h, original_w)
-            detections["boxes"] = ops.where(detections["labels"][..., None] >= 0, boxes, -1.0)
-        return detections
+        from gflv2_keras.models.detection_graph import detect_batch
+
+        return detect_batch(self, images, bounding_box_format, canvas, return_box_distributions, network)
 
     @property
     def _inference_functions(self):
@@ -544,14 +519,6 @@ class GFLV2ObjectDetector(keras_hub.models.ObjectDetector):
         for conv, norm in pairs:
             conv.fold_norm(norm if enabled else None)
         return len(pairs) if enabled else 0
-
-    def _box_distribution_options(self):
-        """``postprocess`` arguments of the optional box-distribution outputs."""
-        options = {"return_box_distributions": True, "reg_topk": self.head.reg_topk}
-        if self.head.use_dgqp:
-            # The head's own DGQP on the kept points' logits, viewed as a [B, K, 1] feature map.
-            options["quality_fn"] = lambda logits: self.head.quality(logits[:, :, None, :])[:, :, 0, 0]
-        return options
 
     def detect(self, image, bounding_box_format=None, return_box_distributions=False):
         """Detect objects in one image.
@@ -579,16 +546,15 @@ class GFLV2ObjectDetector(keras_hub.models.ObjectDetector):
         return {k: v[0, :count] for k, v in out.items()}
 
     def export(self, filepath, format="tf_saved_model", verbose=True, input_signature=None, **kwargs):
-        """Keras' ``Model.export`` of ``call`` (raw outputs) at ANY image size.
+        """Keras' ``Model.export`` of ``call`` (raw outputs) at ANY image size
+        (``gflv2_keras.export.keras_export``: float32 ``[None, None, None, 3]`` by default).
 
-        Keras traces at the built input shape unless told otherwise; the default signature here
-        is float32 ``[None, None, None, 3]`` (normalised, padded images). For detections (NMS
-        inside, uint8 or encoded images in, TF Serving signatures) use ``gflv2 export`` /
-        ``gflv2_keras.export.export_saved_model``.
+        For detections (NMS inside, uint8 or encoded images in, TF Serving signatures) use
+        ``gflv2 export`` / ``gflv2_keras.export.export_saved_model``.
         """
-        if input_signature is None and format == "tf_saved_model":
-            input_signature = [keras.InputSpec(shape=(None, None, None, 3), dtype="float32")]
-        return super().export(filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs)
+        from gflv2_keras.export.archive import keras_export
+
+        return keras_export(self, filepath, format=format, input_signature=input_signature, verbose=verbose, **kwargs)
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -12,14 +12,21 @@ import tensorflow as tf
 from gflv2_keras.cli import main
 from gflv2_keras.export import saved_model as export_module
 
-from serving_support import CLASS_NAMES, decode, sample_images
+from serving_support import CLASS_NAMES, PRESET as NANO_PRESET, decode, sample_images
 
 
 @pytest.fixture(scope="session")
 def scoring_nano(tmp_path_factory, nano_factory):
     """``(detector, root)``: the nano preset with random weights and threshold 0 (so there are
-    detections), saved as the preset folder ``root / "preset"``."""
-    detector = nano_factory(seed=0, test_config={"score_threshold": 0.0}, class_names=CLASS_NAMES)
+    detections), saved as the preset folder ``root / "preset"``.
+
+    Its BatchNorm statistics are frozen (``norm_eval``, as in every official config; the nano
+    preset itself trains them), so every export folds them into the convolutions, as ``detect``
+    does, and the parity tests compare the folded graphs."""
+    from gflv2_keras.presets import preset_info
+
+    backbone = {**preset_info(NANO_PRESET)["config"]["backbone"], "norm_eval": True}
+    detector = nano_factory(seed=0, test_config={"score_threshold": 0.0}, class_names=CLASS_NAMES, backbone=backbone)
     root = tmp_path_factory.mktemp("export")
     detector.save_to_preset(root / "preset")
     return detector, root

@@ -13,7 +13,6 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from gflv2_keras.export import saved_model as export_module
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +62,19 @@ EXPECTED_OUTPUTS = {
 }
 
 
-graph_op_types = export_module.saved_model_op_types
+def graph_op_types(saved_model_dir):
+    """Every op type in a SavedModel's graphs, function library included, read from the
+    ``saved_model.pb`` on disk (independently of the export module's own checks)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((Path(saved_model_dir) / "saved_model.pb").read_bytes())
+    types = set()
+    for meta_graph in saved_model.meta_graphs:
+        types.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            types.update(node.op for node in function.node_def)
+    return types
 
 
 def assert_no_custom_op(saved_model_dir):

@@ -174,6 +174,23 @@ def test_custom_op_helper_finds_a_custom_op(tmp_path):
         assert_no_custom_op(tmp_path)
 
 
+def test_the_library_reads_the_same_op_types(exported):
+    """``saved_model_op_types`` (public APIs: the loaded signatures' graphs) sees what the file holds."""
+    types = export_module.saved_model_op_types(exported.path)
+    assert {"DecodeImage", "CombinedNonMaxSuppression", "Conv2D"} <= types <= graph_op_types(exported.path)
+
+
+def test_the_archive_refuses_custom_ops_before_writing(tmp_path):
+    from gflv2_keras.export import archive
+
+    with pytest.raises(RuntimeError, match="GflDeformConv2d"):
+        archive.refuse_custom_ops({"Conv2D", "GflDeformConv2d"})
+    archive.refuse_custom_ops({"Conv2D"})
+    with pytest.raises(ValueError, match="endpoint"):
+        archive.write_saved_model({}, tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()
+
+
 def test_tfsm_layer_on_the_tf_serving_export(exported, loaded):
     layer = keras.layers.TFSMLayer(str(exported.path), call_endpoint="serving_default")
     out = as_numpy(layer(tf.constant(exported.encoded)))
@@ -208,13 +225,29 @@ class ProbeDetector(keras.Model):
         }
 
 
+@pytest.fixture
+def probe_graph(monkeypatch):
+    """Exports build from ``models.detection_graph.detect_batch``; a probe answers it itself."""
+    from gflv2_keras.models import detection_graph
+
+    real = detection_graph.detect_batch
+
+    def detect_batch(detector, images, bounding_box_format=None, **kwargs):
+        if isinstance(detector, ProbeDetector):
+            assert not kwargs
+            return detector.detect_batch(images, bounding_box_format)
+        return real(detector, images, bounding_box_format, **kwargs)
+
+    monkeypatch.setattr(detection_graph, "detect_batch", detect_batch)
+
+
 def probe_detector(layer):
     probe = ProbeDetector(layer)
     probe(tf.zeros([1, 8, 8, 3]))
     return probe
 
 
-def test_keras_archive_for_tfsm_layer(tmp_path):
+def test_keras_archive_for_tfsm_layer(tmp_path, probe_graph):
     keras.utils.set_random_seed(3)
     probe = probe_detector(keras.layers.Conv2D(4, 3, padding="same"))
     path = export_keras_archive(probe, tmp_path / "archive")
@@ -231,37 +264,37 @@ def test_keras_archive_for_tfsm_layer(tmp_path):
         export_keras_archive(probe, path)
 
 
-class FakeArchive:
-    """Writes a minimal SavedModel proto (optionally holding ``op``), then optionally fails."""
+def fake_writer(fail=False, custom_op=False):
+    """Stands in for ``archive.write_saved_model``: writes a file, then optionally fails."""
 
-    def __init__(self, fail=False, op="Identity"):
-        self.fail, self.op = fail, op
+    def write(endpoints, directory):
+        assert endpoints == "endpoints"
+        (Path(directory) / "saved_model.pb").write_bytes(b"model")
+        if custom_op:
+            from gflv2_keras.export.archive import refuse_custom_ops
 
-    def write_out(self, path, verbose=True):
-        from tensorflow.core.protobuf import saved_model_pb2
-
-        proto = saved_model_pb2.SavedModel()
-        proto.meta_graphs.add().graph_def.node.add(name="n", op=self.op)
-        (Path(path) / "variables").mkdir()
-        (Path(path) / "saved_model.pb").write_bytes(proto.SerializeToString())
-        if self.fail:
+            refuse_custom_ops({"GflDeformConv2d"})
+        if fail:
             raise OSError("disk full")
 
+    return write
 
-def use_archive(monkeypatch, archive):
-    monkeypatch.setattr(export_module, "_build_export_archive", lambda detector, keras_endpoint=False: archive)
+
+def use_writer(monkeypatch, writer):
+    monkeypatch.setattr(export_module, "serving_endpoints", lambda detector, keras_endpoint=False: "endpoints")
+    monkeypatch.setattr(export_module, "write_saved_model", writer)
 
 
 def test_versions_are_published_atomically(monkeypatch, tmp_path):
     base = tmp_path / "model"
-    use_archive(monkeypatch, FakeArchive())
-    assert export_saved_model(None, base, version=1) == base / "1"
+    use_writer(monkeypatch, fake_writer())
+    assert export_saved_model(None, base, version=1, warmup=False) == base / "1"
     (base / "1" / "marker").write_text("old")
     with pytest.raises(FileExistsError, match="overwrite"):
         export_saved_model(None, base, version=1)
     assert (base / "1" / "marker").exists()
 
-    use_archive(monkeypatch, FakeArchive(fail=True))
+    use_writer(monkeypatch, fake_writer(fail=True))
     with pytest.raises(OSError, match="disk full"):
         export_saved_model(None, base, version=1, overwrite=True)
     assert (base / "1" / "marker").exists()  # the old version survives a failed overwrite
@@ -269,20 +302,18 @@ def test_versions_are_published_atomically(monkeypatch, tmp_path):
         export_saved_model(None, base, version=2)
     assert sorted(os.listdir(base)) == ["1"]  # no half model, no staging folder
 
-    use_archive(monkeypatch, FakeArchive(op="GflDeformConv2d"))
+    use_writer(monkeypatch, fake_writer(custom_op=True))
     with pytest.raises(RuntimeError, match="GflDeformConv2d"):
         export_saved_model(None, base, version=2)
     assert sorted(os.listdir(base)) == ["1"]
 
-    use_archive(monkeypatch, FakeArchive())
-    export_saved_model(None, base, version=1, overwrite=True)
+    use_writer(monkeypatch, fake_writer())
+    export_saved_model(None, base, version=1, overwrite=True, warmup=False)
     assert sorted(os.listdir(base)) == ["1"]
     assert not (base / "1" / "marker").exists()
     for bad in (-1, "2", True, 1.0):
         with pytest.raises(ValueError, match="version"):
             export_saved_model(None, base, version=bad)
-
-
 
 
 DCN_PRESET = "gflv2_r101_dcn_fpn_ms2x_coco"
@@ -322,7 +353,7 @@ def _prefer_custom_op(model, layers):
     return True
 
 
-def test_deformable_convs_are_exported_with_the_portable_path(tmp_path):
+def test_deformable_convs_are_exported_with_the_portable_path(tmp_path, probe_graph):
     from gflv2_keras.layers.deform_conv2d import force_portable
 
     from gflv2_keras.layers.deform_conv2d import DeformConv2D
