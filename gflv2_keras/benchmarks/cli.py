@@ -1,4 +1,6 @@
-"""``gflv2 benchmark``: inference speed table, and on request training, DCN-layer and runtime tables."""
+"""``gflv2 benchmark``: inference speed table, and on request training, DCN-layer, runtime and backend tables."""
+
+import os
 
 
 def register(subparsers):
@@ -30,10 +32,16 @@ def register(subparsers):
                         "onnxruntime,openvino,litert) at --size; see benchmarks/runtime_benchmark.py")
     parser.add_argument("--threads", type=int, default=2, help="--runtime: intra-op threads of every runtime")
     parser.add_argument("--random-weights", action="store_true", help="--runtime: do not load the preset's weights")
+    parser.add_argument("--backends", help="only compare predict latency on these Keras backends (comma list of "
+                        "tensorflow,jax,torch; one worker process each, interleaved rounds)")
+    parser.add_argument("--compare-with", metavar="DIR", help="--backends: also time TensorFlow predict of the "
+                        "gflv2_keras in this source checkout (e.g. an older release), in the same run")
     parser.set_defaults(func=run)
 
 
 def run(args):
+    if args.backends:
+        return run_backends(args)
     if args.runtime:
         from gflv2_keras.benchmarks.runtime_benchmark import run_from_args
 
@@ -84,3 +92,18 @@ def run(args):
         print()
         print(training_benchmark.format_table(rows, machine_facts()))
     return 0
+
+
+def run_backends(args):
+    from gflv2_keras.benchmarks.backend_benchmark import format_backend_table, run_backend_benchmark
+    from gflv2_keras.benchmarks.inference_benchmark import machine_facts
+
+    backends = [b for b in args.backends.split(",") if b]
+    unknown = sorted(set(backends) - {"tensorflow", "jax", "torch"})
+    if unknown:
+        raise ValueError(f"--backends: unknown backend(s) {', '.join(unknown)}; choose from tensorflow, jax, torch")
+    if args.compare_with and not os.path.isdir(os.path.join(args.compare_with, "gflv2_keras")):
+        raise ValueError(f"--compare-with: {args.compare_with} has no gflv2_keras package folder")
+    rows = run_backend_benchmark(args.preset, args.size[0], args.size[1], backends, args.compare_with,
+                                 warmup=args.warmup, repeats=args.repeats)  # fmt: skip
+    print(format_backend_table(rows, args.preset, args.size[0], args.size[1], machine_facts()))
