@@ -52,13 +52,13 @@ def measure_gemm_rate(dtype="float32", size=4096, repeats=5):
 def count_network_flops(detector, height, width):
     """FLOPs of one forward pass at ``height x width``, counted by the TF profiler on the graph."""
     import tensorflow as tf
-    from tensorflow.python.profiler.model_analyzer import profile
-    from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
 
+    profiler = tf.compat.v1.profiler
     forward = tf.function(lambda x: detector(x, training=False), autograph=False)
     graph = forward.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32)).graph
-    options = ProfileOptionBuilder(ProfileOptionBuilder.float_operation()).with_empty_output().build()
-    return float(profile(graph, options=options).total_float_ops)
+    builder = profiler.ProfileOptionBuilder
+    options = builder(builder.float_operation()).with_empty_output().build()
+    return float(profiler.profile(graph, options=options).total_float_ops)
 
 
 def _block(outputs):

@@ -42,8 +42,7 @@ def _allowed_globals():
     scalars pickle as ``numpy.core.multiarray.scalar(dtype, bytes)``; files written with
     NumPy 1.x name the module ``numpy.core``, NumPy 2 names it ``numpy._core``.
     """
-    core = getattr(np, "_core", None) or np.core
-    scalar = core.multiarray.scalar
+    scalar = np.float64(0.0).__reduce__()[0]  # that rebuilding function, taken from NumPy's own pickling
     allowed = [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype]
     # NumPy >= 1.25 rebuilds a dtype as an instance of its class (numpy.dtypes.Float64DType, ...).
     allowed += [type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"]

@@ -1,9 +1,10 @@
 """Official PyTorch state dict → ``GFLV2Detector`` weights, one tensor to one Keras variable.
 
-Every weight-bearing Keras layer is named after its official module path, so the official key
-of a weight is ``layer.name + "." + torch_param_name``. The rules below are per layer *type*,
-which makes ResNet, ResNeXt, Res2Net, DCN stages, the FPN and the head convert without special
-cases (keys are ``<layer name>.`` + the names listed):
+Every weight-bearing Keras layer is named after its official module path (the naming rule of
+``gflv2_keras.layers.naming``), so the official key of a weight is ``module_path(layer.name) + "."
++ torch_param_name``. The rules below are per layer *type*, which makes ResNet, ResNeXt, Res2Net,
+DCN stages, the FPN and the head convert without special cases (keys are ``<module path>.`` + the
+names listed):
 
 * ``Conv2D`` / ``PaddedConv2D``: ``weight`` (O, I/groups, kh, kw) → ``kernel`` (kh, kw, I/groups, O)
   by ``transpose(2, 3, 1, 0)``; ``bias`` → ``bias``.
@@ -13,7 +14,7 @@ cases (keys are ``<layer name>.`` + the names listed):
 * ``Scale``: the 0-dim ``scale`` → the scalar ``scale``.
 * ``DeformConv2D``: ``weight`` (and ``bias``) as a conv; ``conv_offset.weight`` (18 or 27, C,
   kh, kw) → ``offset_kernel`` as a conv, ``conv_offset.bias`` → ``offset_bias``. The legacy mmcv
-  names ``<layer name>_offset.weight/bias`` are accepted too.
+  names ``<module path>_offset.weight/bias`` are accepted too.
 
 ``bbox_head.integral.project`` (the constant 0..reg_max buffer) is checked, not loaded.
 
@@ -31,7 +32,9 @@ import keras
 import numpy as np
 
 from gflv2_keras.layers.deform_conv2d import DeformConv2D
+from gflv2_keras.layers.naming import module_path
 from gflv2_keras.layers.scale import Scale
+from gflv2_keras.layers.walk import sublayers
 
 CONSTANT_BUFFER_SUFFIX = ".integral.project"
 
@@ -119,14 +122,19 @@ def _variables(layer):
     return {v.name: v for v in layer.weights}
 
 
+def _key(layer, param):
+    """The official checkpoint key of ``layer``'s PyTorch parameter ``param``."""
+    return f"{module_path(layer.name)}.{param}"
+
+
 # ----------------------------------------------------------------------------- one function per layer type
 # Each returns (rules, ignorable_keys) for one layer.
 def conv_rules(layer):
     """``Conv2D``/``PaddedConv2D``: ``weight`` and, if the layer has one, ``bias``."""
     v = _variables(layer)
-    rules = [_conv_kernel_rule([f"{layer.name}.weight"], v["kernel"])]
+    rules = [_conv_kernel_rule([_key(layer, "weight")], v["kernel"])]
     if "bias" in v:
-        rules.append(_same_layout_rule([f"{layer.name}.bias"], v["bias"]))
+        rules.append(_same_layout_rule([_key(layer, "bias")], v["bias"]))
     return rules, []
 
 
@@ -134,21 +142,21 @@ def batch_norm_rules(layer):
     """``BatchNormalization``: affine and running statistics; ``num_batches_tracked`` is ignored."""
     v = _variables(layer)
     pairs = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"), ("running_var", "moving_variance"))
-    rules = [_same_layout_rule([f"{layer.name}.{t}"], v[k]) for t, k in pairs if k in v]
-    return rules, [f"{layer.name}.num_batches_tracked"]
+    rules = [_same_layout_rule([_key(layer, t)], v[k]) for t, k in pairs if k in v]
+    return rules, [_key(layer, "num_batches_tracked")]
 
 
 def group_norm_rules(layer):
     """``GroupNormalization``: ``weight`` → gamma, ``bias`` → beta."""
     v = _variables(layer)
     pairs = (("weight", "gamma"), ("bias", "beta"))
-    rules = [_same_layout_rule([f"{layer.name}.{t}"], v[k]) for t, k in pairs if k in v]
+    rules = [_same_layout_rule([_key(layer, t)], v[k]) for t, k in pairs if k in v]
     return rules, []
 
 
 def scale_rules(layer):
     """``Scale``: the 0-dim ``scale`` parameter."""
-    return [_same_layout_rule([f"{layer.name}.scale"], _variables(layer)["scale"])], []
+    return [_same_layout_rule([_key(layer, "scale")], _variables(layer)["scale"])], []
 
 
 def deform_conv_rules(layer):
@@ -159,9 +167,9 @@ def deform_conv_rules(layer):
     both names are accepted.
     """
     rules, _ = conv_rules(layer)  # the main kernel (and bias) are named as in a plain conv
-    v, name = _variables(layer), layer.name
-    rules.append(_conv_kernel_rule([f"{name}.conv_offset.weight", f"{name}_offset.weight"], v["offset_kernel"]))
-    rules.append(_same_layout_rule([f"{name}.conv_offset.bias", f"{name}_offset.bias"], v["offset_bias"]))
+    v, path = _variables(layer), module_path(layer.name)
+    rules.append(_conv_kernel_rule([f"{path}.conv_offset.weight", f"{path}_offset.weight"], v["offset_kernel"]))
+    rules.append(_same_layout_rule([f"{path}.conv_offset.bias", f"{path}_offset.bias"], v["offset_bias"]))
     return rules, []
 
 
@@ -183,7 +191,7 @@ def collect_rules(model):
             claim the same official key (both are bugs in the model, not the checkpoint).
     """
     rules, ignorable, covered = [], set(), set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in sublayers(model):
         for cls, make_rules in RULES:
             if isinstance(layer, cls):
                 layer_rules, layer_ignorable = make_rules(layer)
@@ -229,9 +237,9 @@ def checkpoint_dcn_layout(state_dict):
 def model_dcn_layout(model):
     """Same as :func:`checkpoint_dcn_layout` for the Keras model's ``DeformConv2D`` layers."""
     layout = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in sublayers(model):
         if isinstance(layer, DeformConv2D):  # offset_channels is known before the layer is built
-            layout.setdefault(_stage_of(layer.name), set()).add(int(layer.offset_channels))
+            layout.setdefault(_stage_of(module_path(layer.name)), set()).add(int(layer.offset_channels))
     return {stage: sorted(counts) for stage, counts in sorted(layout.items())}
 
 
@@ -338,8 +346,13 @@ def load_backbone_weights(detector, state_dict, source="the checkpoint"):
         del prefixed[key]
     if not detector.built or not detector.weights:
         detector.build_for_inference()
-    rules, ignorable = collect_rules(detector.backbone)
-    assignments, ignored, legacy = _match_rules(rules, ignorable, prefixed, source, detector, optional=_OFFSET_TENSOR.search)
+    # The official ``backbone`` modules, however the Keras model nests them (the FPN is ``neck``).
+    rules, ignorable = collect_rules(detector)
+    rules = [rule for rule in rules if rule.keys[0].startswith("backbone.")]
+    ignorable = {key for key in ignorable if key.startswith("backbone.")}
+    assignments, ignored, legacy = _match_rules(
+        rules, ignorable, prefixed, source, detector, optional=_OFFSET_TENSOR.search
+    )
     _assign(assignments)
     return ConversionReport(
         tensors=len(assignments), parameters=_parameter_count(assignments), ignored=ignored + classifier,

@@ -4,20 +4,26 @@
 Two implementations compute the same function:
 
 * ``"portable"``: ``keras.ops`` only (gather-based bilinear im2col plus a matmul). It is
-  differentiable, compiles under XLA (``jit_compile=True``), runs on any backend and device,
-  and is what exported SavedModels must contain.
+  differentiable, compiles under XLA (``jit_compile=True``), runs on every Keras backend
+  (TensorFlow, JAX, PyTorch) and device, and is what exported SavedModels must contain.
 * ``"custom_op"``: the TensorFlow C++ CPU op ``GflDeformConv2d`` from
-  ``gflv2_keras.ops.deform_conv`` (built on first use, about a minute). Faster on CPU, but it
-  has no XLA kernel, and a SavedModel containing it only loads in a process that loaded the
-  ``.so`` (stock TF Serving cannot serve it).
+  ``gflv2_keras.ops.deform_conv`` (built on first use, about a minute). TensorFlow backend
+  only. Faster on CPU, but it has no XLA kernel, and a SavedModel containing it only loads in a
+  process that loaded the ``.so`` (stock TF Serving cannot serve it).
 
-``"auto"`` uses the custom op when it is already built and loadable, the backend is
-TensorFlow, no GPU is visible, the dtype is float32/float64 and the graph being traced is not
-XLA-compiled; otherwise the portable path. Export code should wrap tracing in :func:`force_portable`, which
-makes every layer use the portable path while it is active.
+``"auto"`` uses the custom op when the backend is TensorFlow, the op is already built and
+loadable, no GPU is visible, the dtype is float32/float64 and no :func:`force_portable` context
+is open; otherwise the portable path. On any other backend the op is never loaded or built.
+
+Whether a graph is being compiled by XLA cannot be told through TensorFlow's public API, so the
+code that compiles makes the choice: export code and every ``tf.function(jit_compile=True)``
+that may reach a ``DeformConv2D`` traces inside :func:`force_portable`, which makes every layer
+use the portable path while it is active (``tf.function(portable_tracing(fn), jit_compile=True)``
+does that). A custom op traced into an XLA graph fails when the function is compiled.
 """
 
 import contextlib
+import functools
 import threading
 
 import keras
@@ -53,6 +59,21 @@ def force_portable():
             _force_depth -= 1
 
 
+def portable_tracing(fn):
+    """``fn`` running inside :func:`force_portable`, for ``tf.function(portable_tracing(fn), jit_compile=True)``.
+
+    A ``tf.function`` runs its Python body only while tracing, so the graph it compiles holds
+    the portable path of every ``DeformConv2D`` it reaches, while calls outside it are unaffected.
+    """
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with force_portable():
+            return fn(*args, **kwargs)
+
+    return traced
+
+
 def portable_forced():
     """True while a :func:`force_portable` context is open."""
     return _force_depth > 0
@@ -65,19 +86,6 @@ def _pair(value, name):
     if len(value) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return value
-
-
-def _in_xla_context():
-    """Best effort: True while tracing a ``tf.function(jit_compile=True)`` graph."""
-    try:
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
-
-        if tf.executing_eagerly():
-            return False
-        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-    except Exception:  # private TF API; if it moves, rely on force_portable()
-        return False
 
 
 def _gpu_visible():
@@ -97,13 +105,6 @@ def _custom_op_module(implementation, dtype):
         if explicit:
             raise ValueError(
                 f"implementation='custom_op' needs the TensorFlow backend, not {keras.backend.backend()!r}")
-        return None
-    if _in_xla_context():
-        if explicit:
-            raise ValueError(
-                "implementation='custom_op' cannot be used inside an XLA-compiled (jit_compile=True) "
-                "graph: the op has no XLA kernel. Use implementation='portable' or force_portable()."
-            )
         return None
     dtype = keras.backend.standardize_dtype(dtype)
     if dtype not in ("float32", "float64"):
@@ -283,9 +284,9 @@ class DeformConv2D(keras.layers.Layer):
         deform_groups: offset groups ``G``; group ``g`` moves input channels ``[g*C/G, (g+1)*C/G)``.
         modulated: False for DCNv1, True for DCNv2 (mask).
         use_bias: add a bias to the output (mmcv DCNv1 has none).
-        implementation: "portable", "custom_op" or "auto". Graphs compiled with
-            ``jit_compile=True`` and exported SavedModels must use "portable" (or run inside
-            :func:`force_portable`); "auto" falls back to portable inside XLA graphs it detects.
+        implementation: "portable", "custom_op" (TensorFlow backend only) or "auto" (see the
+            module docstring). Graphs compiled with ``jit_compile=True`` and exported
+            SavedModels must use "portable" or be traced inside :func:`force_portable`.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer: for the
             main kernel and bias.
 

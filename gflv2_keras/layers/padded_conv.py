@@ -21,6 +21,13 @@ class PaddedConv2D(keras.layers.Conv2D):
         kwargs.pop("padding", None)
         super().__init__(filters, kernel_size, padding="valid", **kwargs)
         self.pad = int(self.kernel_size[0] // 2 if pad is None else pad)
+        # object.__setattr__: a plain reference, not a tracked sublayer (no duplicate weights).
+        object.__setattr__(self, "_folded_norm", None)
+
+    @property
+    def folded_norm(self):
+        """The ``BatchNorm`` folded into this conv by :meth:`fold_norm`, or None."""
+        return self._folded_norm
 
     def fold_norm(self, norm):
         """Fold a following frozen ``BatchNorm`` into this conv (``None`` unfolds); inference only.
@@ -32,10 +39,8 @@ class PaddedConv2D(keras.layers.Conv2D):
         """
         if norm is not None and not norm.frozen_stats:
             raise ValueError(f"{self.name}: only a BatchNorm with frozen statistics can be folded ({norm.name})")
-        previous = getattr(self, "_folded_norm", None)
-        if previous is not None:
-            previous.folded = False
-        # object.__setattr__: a plain reference, not a tracked sublayer (no duplicate weights).
+        if self._folded_norm is not None:
+            self._folded_norm.folded = False
         object.__setattr__(self, "_folded_norm", norm)
         if norm is not None:
             norm.folded = True
@@ -44,7 +49,7 @@ class PaddedConv2D(keras.layers.Conv2D):
         if self.pad:
             p = self.pad
             inputs = ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]])
-        norm = getattr(self, "_folded_norm", None)
+        norm = self._folded_norm
         if norm is None:
             return super().call(inputs)
         scale, offset = norm.folded_affine()

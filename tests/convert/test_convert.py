@@ -35,8 +35,11 @@ from gflv2_keras.convert import (  # noqa: E402
     read_official_checkpoint,
 )
 from gflv2_keras.convert.checkpoint import import_torch  # noqa: E402
+from gflv2_keras.layers.naming import layer_name  # noqa: E402
+from gflv2_keras.layers.walk import find_layer  # noqa: E402
 from gflv2_keras.ops.postprocess import postprocess as keras_postprocess  # noqa: E402
-from gflv2_keras.presets import CONFIG_FILE, METADATA_FILE, PRESETS  # noqa: E402
+from gflv2_keras.models.preset_io import CONFIG_FILE, METADATA_FILE  # noqa: E402
+from gflv2_keras.presets import PRESETS  # noqa: E402
 from torch_reference import gflv2_torch as ref  # noqa: E402
 
 SCORE_TOL = 1e-4
@@ -259,7 +262,7 @@ def test_tiny_state_dict_converts(tiny):
     report = convert_state_dict(detector, state)
     assert report.tensors == len(state) - len(report.ignored)
     assert "DCNv1 (18 offset channels) in c4, c5" in report.dcn
-    layer = next(l for l in detector._flatten_layers() if l.name == "backbone.layer3.0.conv2")
+    layer = find_layer(detector, "backbone.layer3.0.conv2")
     np.testing.assert_array_equal(layer.offset_kernel.numpy(),
                                   state["backbone.layer3.0.conv2.conv_offset.weight"].transpose(2, 3, 1, 0))
 
@@ -335,11 +338,12 @@ def test_dcn_flavour_and_stage_mismatches_are_explained(tiny, checkpoint_backbon
     assert _unchanged(detector, snapshot)
 
 
-def test_dcn_checkpoint_into_plain_preset_is_explained_before_building():
+def test_dcn_checkpoint_into_plain_preset_is_explained():
     plain = GFLV2Detector(**_with_backbone(TINY_DCN, stage_with_dcn=[F, F, F, F], dcn=None))
+    snapshot = _snapshot(plain)
     with pytest.raises(DCNMismatchError, match=r"has DCNv1 \(18 offset channels\) in c4, c5 .* expects no DCN"):
         convert_state_dict(plain, _state_dict(TINY_DCN))
-    assert not plain.weights  # the layout check runs before the (slow) build
+    assert _unchanged(plain, snapshot)
 
 
 def test_legacy_conv2_offset_names_are_accepted(tiny):
@@ -351,7 +355,7 @@ def test_legacy_conv2_offset_names_are_accepted(tiny):
     report = convert_state_dict(detector, legacy)
     assert "backbone.layer3.0.conv2_offset.weight" in report.legacy_keys
     assert report.tensors == len(other) - len(report.ignored)
-    layer = next(l for l in detector._flatten_layers() if l.name == "backbone.layer4.2.conv2")
+    layer = find_layer(detector, "backbone.layer4.2.conv2")
     np.testing.assert_array_equal(layer.offset_kernel.numpy(),
                                   other["backbone.layer4.2.conv2.conv_offset.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(layer.offset_bias.numpy(), other["backbone.layer4.2.conv2.conv_offset.bias"])
@@ -375,8 +379,8 @@ def test_integral_project_is_checked_not_loaded(tiny):
 
 
 def test_model_weights_without_a_rule_are_reported():
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="bbox_head.fc")])
-    with pytest.raises(CheckpointMismatchError, match="no conversion rule for weight .*bbox_head.fc"):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name=layer_name("bbox_head.fc"))])
+    with pytest.raises(CheckpointMismatchError, match="no conversion rule for weight .*bbox_head-fc"):
         convert_state_dict(model, {"bbox_head.fc.weight": np.zeros((2, 4), np.float32)})
 
 
@@ -449,7 +453,7 @@ def test_cli_convert(tmp_path, capsys, nano_state):
     printed = capsys.readouterr().out
     assert "mapped" in printed and "parameters" in printed
     detector = GFLV2Detector.from_preset(str(output))
-    layer = next(l for l in detector._flatten_layers() if l.name == "bbox_head.scales.2")
+    layer = find_layer(detector, "bbox_head.scales.2")
     assert float(layer.scale.numpy()) == pytest.approx(float(nano_state["bbox_head.scales.2.scale"]))
     # A wrong preset fails with a message and exit status 2, writing nothing.
     wrong = tmp_path / "wrong_preset"

@@ -10,8 +10,10 @@ import keras
 import numpy as np
 import pytest
 
+from gflv2_keras.layers.naming import module_path
 from gflv2_keras.layers.norm import BatchNorm
 from gflv2_keras.layers.padded_conv import PaddedConv2D
+from gflv2_keras.layers.walk import sublayers
 from gflv2_keras.models.backbones import build_backbone
 from gflv2_keras.models.backbones.res2net import Bottle2neck, Res2NetBackbone
 
@@ -124,7 +126,8 @@ def ref_res2net50(x, P, scales):
 
 # ----------------------------------------------------------------------------- helpers
 def named_layers(layer):
-    return {sub.name: sub for sub in layer._flatten_layers(include_self=False, recursive=True)}
+    """``{official module path: sublayer}`` (naming rule of ``gflv2_keras.layers.naming``)."""
+    return {module_path(sub.name): sub for sub in sublayers(layer)}
 
 
 def randomize(layer, rng):
@@ -204,7 +207,7 @@ def test_param_count_of_dcn_preset_matches_official():
 
     detector = GFLV2Detector.from_preset(PRESET, load_weights=False).build_for_inference(size=(32, 32))
     assert detector.count_params_official() == OFFICIAL_PARAMS
-    layers = named_layers(detector.backbone)
+    layers = named_layers(detector.backbone.image_encoder)
     deformable = sorted(name for name, layer in layers.items() if isinstance(layer, DeformConv2D))
     assert len(deformable) == 78 and all(n.startswith(("backbone.layer3.", "backbone.layer4.")) for n in deformable)
     assert all(".convs." in n for n in deformable)
@@ -246,7 +249,7 @@ def official_backbone_keys():
 def test_layer_names_and_shapes_are_the_official_state_dict(r2_101_no_dcn):
     bn_keys = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
     ours = {}
-    for name, layer in named_layers(r2_101_no_dcn.backbone).items():
+    for name, layer in named_layers(r2_101_no_dcn.backbone.image_encoder).items():
         if isinstance(layer, PaddedConv2D):
             kh, kw, cin, cout = layer.kernel.shape
             ours[f"{name}.weight"] = (cout, cin, kh, kw)
@@ -260,7 +263,7 @@ def test_layer_names_and_shapes_are_the_official_state_dict(r2_101_no_dcn):
     # Spot checks, and the modules Res2Net deletes or does not have.
     assert ours["backbone.layer3.0.convs.0.weight"] == (104, 104, 3, 3)
     assert ours["backbone.layer1.0.downsample.1.weight"] == (256, 64, 1, 1)
-    names = set(named_layers(r2_101_no_dcn.backbone))
+    names = set(named_layers(r2_101_no_dcn.backbone.image_encoder))
     for name in ("backbone.stem.0", "backbone.stem.7", "backbone.layer1.0.bns.2", "backbone.layer4.2.bn3"):
         assert name in names
     assert not [n for n in names if ".conv2" in n or ".bn2" in n or "downsample.0" in n]
@@ -270,11 +273,12 @@ def test_layer_names_and_shapes_are_the_official_state_dict(r2_101_no_dcn):
 
 @pytest.mark.parametrize("height,width", [(37, 50), (64, 96)])
 def test_full_size_output_shapes(r2_101_no_dcn, height, width):
-    c3, c4, c5 = r2_101_no_dcn.backbone(np.zeros((1, height, width, 3), np.float32))
+    encoder = r2_101_no_dcn.backbone.image_encoder
+    c3, c4, c5 = encoder(np.zeros((1, height, width, 3), np.float32))
     assert tuple(c3.shape) == (1, halvings(height, 3), halvings(width, 3), 512)
     assert tuple(c4.shape) == (1, halvings(height, 4), halvings(width, 4), 1024)
     assert tuple(c5.shape) == (1, halvings(height, 5), halvings(width, 5), 2048)
-    assert r2_101_no_dcn.backbone.out_channels == [512, 1024, 2048]
+    assert encoder.out_channels == [512, 1024, 2048]
 
 
 # ----------------------------------------------------------------------------- numerics

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gflv2_keras import GFLV2Detector
+from gflv2_keras.models.transfer import CLASSIFIER_OUTPUT, transfer_weights
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +29,15 @@ def test_new_classes_keep_every_other_weight_and_reinitialise_the_classifier(tra
     folder, saved = trained_preset
     detector = GFLV2Detector.from_preset(str(folder), num_classes=2, class_names=["cat", "dog"])
     printed = capsys.readouterr().out
-    assert "bbox_head.gfl_cls" in printed and "3 -> 2" in printed
+    assert CLASSIFIER_OUTPUT in printed and "3 -> 2" in printed
     assert detector.num_classes == 2 and detector.class_names == ["cat", "dog"]
     weights = _by_key(detector)
     assert set(weights) == set(saved)
     for key, value in weights.items():
-        if key.startswith("bbox_head.gfl_cls/"):
+        if key.startswith(f"{CLASSIFIER_OUTPUT}/"):
             continue
         np.testing.assert_array_equal(value, saved[key], err_msg=key)
-    kernel, bias = weights["bbox_head.gfl_cls/kernel"], weights["bbox_head.gfl_cls/bias"]
+    kernel, bias = weights[f"{CLASSIFIER_OUTPUT}/kernel"], weights[f"{CLASSIFIER_OUTPUT}/bias"]
     assert kernel.shape[-1] == 3 and bias.shape == (3,)  # 2 classes + the official extra column
     np.testing.assert_allclose(bias, -math.log(0.99 / 0.01), rtol=1e-6)
     assert abs(kernel.std() - 0.01) < 0.003 and abs(kernel.mean()) < 0.003
@@ -56,10 +57,11 @@ def test_same_classes_load_exactly(trained_preset, capsys):
         np.testing.assert_array_equal(value, saved[key], err_msg=key)
 
 
-def test_other_mismatches_stay_errors_naming_the_variables(trained_preset):
-    folder, _ = trained_preset
-    with pytest.raises(ValueError, match=r"bbox_head\.cls_convs\.0\.conv/kernel: source shape .* target shape"):
-        GFLV2Detector.from_preset(str(folder), num_classes=2, head={"feat_channels": 32, "stacked_convs": 1, "norm_groups": 4})
+def test_other_mismatches_stay_errors_naming_the_variables(nano_factory):
+    source = nano_factory(class_names=["a", "b", "c"])
+    target = nano_factory(num_classes=2, head={"feat_channels": 32, "stacked_convs": 1, "norm_groups": 4})
+    with pytest.raises(ValueError, match=r"bbox_head-cls_convs-0-conv/kernel: source shape .* target shape"):
+        transfer_weights(source, target)
 
 
 def test_missing_preset_folder_and_config_are_named(tmp_path):

@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 
 from gflv2_keras import GFLV2Detector  # noqa: E402
 from gflv2_keras.convert import CheckpointMismatchError, load_backbone_weights, read_official_checkpoint  # noqa: E402
+from gflv2_keras.layers.walk import find_layer  # noqa: E402
 from torch_reference import gflv2_torch as ref  # noqa: E402
 
 HEAD = {"feat_channels": 16, "stacked_convs": 1, "norm_groups": 4}
@@ -34,7 +35,7 @@ def test_backbone_matches_torch_after_loading_imagenet_weights(tmp_path):
     assert "backbone.fc.weight" in report.ignored
     x = np.random.default_rng(0).normal(size=(1, 3, 64, 96))
     expected = [t.detach().numpy() for t in torch_backbone(torch.from_numpy(x))]
-    got = detector.backbone(x.transpose(0, 2, 3, 1).astype(np.float32), training=False)
+    got = detector.backbone.image_encoder(x.transpose(0, 2, 3, 1).astype(np.float32), training=False)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(np.asarray(g).transpose(0, 3, 1, 2), e, atol=1e-4 * max(1.0, np.abs(e).max()))
 
@@ -46,7 +47,7 @@ def test_dcn_offsets_keep_zero_init_and_missing_tensors_are_errors(tmp_path):
     dcn = {**plain, "stage_with_dcn": [False, False, True, True], "dcn": {"modulated": False, "deform_groups": 1}}
     detector = GFLV2Detector(dcn, num_classes=2, fpn_channels=16, head=HEAD)
     load_backbone_weights(detector, state)
-    conv2 = next(layer for layer in detector.backbone._flatten_layers() if layer.name == "backbone.layer4.0.conv2")
+    conv2 = find_layer(detector, "backbone.layer4.0.conv2")
     np.testing.assert_array_equal(np.asarray(conv2.offset_kernel), 0.0)  # absent from ImageNet weights
     np.testing.assert_allclose(np.asarray(conv2.kernel), state["layer4.0.conv2.weight"].transpose(2, 3, 1, 0))
 

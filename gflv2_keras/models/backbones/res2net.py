@@ -215,10 +215,10 @@ class Res2NetBackbone(ResNetBackbone):
         half = self.base_channels // 2
         stem = []
         for index, (filters, stride) in enumerate(((half, 2), (half, 1), (self.base_channels, 1))):
-            conv_name, norm_name = layer_name(f"{prefix}.stem.{3 * index}"), layer_name(f"{prefix}.stem.{3 * index + 1}")
-            stem.append(PaddedConv2D(filters, 3, pad=1, strides=stride, use_bias=False, name=conv_name,
+            conv, norm = (layer_name(f"{prefix}.stem.{3 * index + offset}") for offset in (0, 1))
+            stem.append(PaddedConv2D(filters, 3, pad=1, strides=stride, use_bias=False, name=conv,
                                      dtype=self.dtype_policy))
-            stem.append(BatchNorm(self.norm_eval, name=norm_name, dtype=self.dtype_policy))
+            stem.append(BatchNorm(self.norm_eval, name=norm, dtype=self.dtype_policy))
         return stem
 
     def build_block(self, kind, in_channels, planes, stride, first, dcn, prefix):

@@ -1,5 +1,9 @@
 """TensorFlow C++ custom op for mmcv-compatible deformable convolution (CPU).
 
+TensorFlow only: the op is a ``tf.load_op_library`` kernel, so it serves the TensorFlow Keras
+backend alone; on JAX and PyTorch ``DeformConv2D`` runs its portable keras-ops path and never
+loads or builds this op.
+
 Build with ``python -m gflv2_keras.ops.deform_conv.build`` (or
 ``gflv2_keras.ops.deform_conv.build.build_deform_conv_op()``); load with
 ``load_deform_conv_op()``. The Keras layer ``gflv2_keras.layers.deform_conv2d.DeformConv2D``
