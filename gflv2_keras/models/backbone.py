@@ -33,8 +33,8 @@ class GFLV2Backbone(keras_hub.models.Backbone):
         ``W`` multiples of 32 for the exact official sizes. Returns the list of the five pyramid
         levels NHWC, strides 8, 16, 32, 64, 128, ``fpn_channels`` each.
 
-    Layer names are the official module paths (``backbone-...``, ``neck-...``, see
-    ``convert``), so converted checkpoints map one to one.
+    Layer names are the official module paths with "-" for "." (``backbone-layer1-0-bn1``,
+    ``neck-...``; ``gflv2_keras.layers.naming``), so converted checkpoints map one to one.
 
     Example:
         >>> backbone = GFLV2Backbone({"type": "resnet", "depth": 18, "base_channels": 8}, fpn_channels=16)

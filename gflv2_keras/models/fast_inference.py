@@ -75,7 +75,7 @@ def folded_norms(detector):
     pairs = [
         (conv, norm)
         for conv, norm in foldable_pairs(detector)
-        if getattr(conv, "_folded_norm", None) is None
+        if conv.folded_norm is None
     ]
     try:
         for conv, norm in pairs:
@@ -205,7 +205,10 @@ class InferenceFunctions:
             if self._xla_network is None:
                 import tensorflow as tf
 
-                self._xla_network = tf.function(lambda x: detector(x, training=False), jit_compile=True)
+                from gflv2_keras.layers.deform_conv2d import portable_tracing
+
+                self._xla_network = tf.function(portable_tracing(lambda x: detector(x, training=False)),
+                                                jit_compile=True)  # fmt: skip
             return self._xla_network(inputs)
 
 

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from gflv2_keras import GFLV2Detector
+from gflv2_keras.layers.walk import sublayers
 from gflv2_keras.cli import main
 from gflv2_keras.export import export_keras_archive, export_saved_model
 from gflv2_keras.export import saved_model as export_module
@@ -332,7 +333,7 @@ def dcn_detector(reduced):
     keras.utils.set_random_seed(1)
     detector = GFLV2Detector.from_preset(DCN_PRESET, load_weights=False, **overrides)
     detector.build_for_inference()
-    layers = [layer for layer in detector._flatten_layers() if isinstance(layer, DeformConv2D)]
+    layers = [layer for layer in sublayers(detector) if isinstance(layer, DeformConv2D)]
     assert layers
     rng = np.random.default_rng(0)
     for layer in layers:  # non-zero offsets, so sampling positions really move

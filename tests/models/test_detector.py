@@ -7,7 +7,9 @@ import pytest
 import tensorflow as tf
 
 from gflv2_keras import GFLV2Detector
+from gflv2_keras.layers.naming import module_path
 from gflv2_keras.layers.norm import BatchNorm
+from gflv2_keras.layers.walk import sublayers
 from gflv2_keras.models.gfl_head import GFLHead
 from gflv2_keras.ops.boxes import level_sizes
 from gflv2_keras.presets import PRESETS, list_presets
@@ -140,10 +142,10 @@ def test_frozen_stages_and_frozen_bn_statistics():
     detector = GFLV2Detector({"type": "resnet", "depth": 18, "base_channels": 8}, num_classes=2, fpn_channels=16,
                              head={"feat_channels": 16, "stacked_convs": 1, "norm_groups": 4})
     detector.build_for_inference()
-    names = {layer.name for layer in detector._flatten_layers() if layer.trainable_weights}
+    names = {module_path(layer.name) for layer in sublayers(detector) if layer.trainable_weights}
     assert "backbone.conv1" not in names and "backbone.layer1.0.conv1" not in names
     assert "backbone.layer2.0.conv1" in names and "backbone.layer2.0.bn1" in names  # affine still trained
-    bn = [layer for layer in detector.backbone._flatten_layers() if isinstance(layer, BatchNorm)][-1]
+    bn = [layer for layer in sublayers(detector.backbone) if isinstance(layer, BatchNorm)][-1]
     before = np.asarray(bn.moving_mean).copy()
     detector(np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32), training=True)
     np.testing.assert_array_equal(np.asarray(bn.moving_mean), before)

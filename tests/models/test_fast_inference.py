@@ -11,6 +11,7 @@ import pytest
 import keras  # noqa: E402
 
 from gflv2_keras import GFLV2Detector  # noqa: E402
+from gflv2_keras.layers.walk import sublayers  # noqa: E402
 from gflv2_keras.models.preprocessing import canvas_size, max_canvases, rescale_size, static_rescale_size  # noqa: E402
 
 CONFIG = {
@@ -94,8 +95,8 @@ def _agreement(expected, found, box_tol, score_tol):
 def test_every_layer_gets_the_dtype_policy(state_dict):
     detector = _detector(state_dict, dtype="mixed_bfloat16")
     # The network's layers; the keras-hub preprocessor (image converter) works in float32.
-    preprocessing = {id(layer) for layer in detector.preprocessor._flatten_layers()}
-    layers = [layer for layer in detector._flatten_layers() if id(layer) not in preprocessing]
+    preprocessing = {id(layer) for layer in [detector.preprocessor, *sublayers(detector.preprocessor)]}
+    layers = [layer for layer in sublayers(detector) if id(layer) not in preprocessing]
     wrong = [layer.name for layer in layers if layer.dtype_policy.name != "mixed_bfloat16"]
     assert len(layers) > 50 and not wrong, wrong
     features = detector.backbone(np.zeros((1, 64, 64, 3), np.float32))
