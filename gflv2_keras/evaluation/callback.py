@@ -2,7 +2,7 @@
 
 import keras
 
-from gflv2_keras.evaluation.coco_evaluator import evaluate
+from gflv2_keras.evaluation.coco_evaluator import IOU_THRESHOLD, NUM_EXAMPLES, SCORE_THRESHOLD, evaluate
 
 
 class CocoEvaluationCallback(keras.callbacks.Callback):
@@ -21,6 +21,13 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         max_images: score only the first ``max_images`` images (faster, noisier).
         output_json: optional path for the detections; ``{epoch}`` in it is replaced by the
             1-based epoch number.
+        plots_dir: optional folder (``{epoch}`` replaced as in ``output_json``) for the pictures
+            of each evaluation: ``pr_curves.png``, ``confusion_matrix.png``, ``examples/``
+            (``evaluate(..., plots_dir=...)``). The folder belongs to the run: an evaluation of an
+            epoch evaluated before (a resumed run) replaces its pictures.
+        num_examples, iou_threshold, score_threshold: the examples drawn and the operating point
+            of the confusion matrix (``evaluate``).
+        backend: the COCOeval implementation (``"auto"``: faster-coco-eval when installed).
         detector: object with ``detect(image_uint8)`` to evaluate; default the model being fit.
         prefix: prefix of the log keys.
         progress: show a progress bar while detecting.
@@ -38,6 +45,11 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         detector=None,
         prefix="val_",
         progress=False,
+        plots_dir=None,
+        num_examples=NUM_EXAMPLES,
+        iou_threshold=IOU_THRESHOLD,
+        score_threshold=SCORE_THRESHOLD,
+        backend="auto",
     ):
         super().__init__()
         if every_n_epochs < 1:
@@ -50,12 +62,18 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         self.detector = detector
         self.prefix = prefix
         self.progress = progress
+        self.plots_dir = plots_dir
+        self.num_examples = num_examples
+        self.iou_threshold = iou_threshold
+        self.score_threshold = score_threshold
+        self.backend = backend
         self.last_results = None
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
             return
         output_json = self.output_json.format(epoch=epoch + 1) if self.output_json else None
+        plots_dir = str(self.plots_dir).format(epoch=epoch + 1) if self.plots_dir else None
         results = evaluate(
             self.detector if self.detector is not None else self.model,
             self.data,
@@ -64,6 +82,12 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
             max_images=self.max_images,
             progress=self.progress,
             verbose=False,
+            backend=self.backend,
+            plots_dir=plots_dir,
+            overwrite_plots=True,
+            num_examples=self.num_examples,
+            iou_threshold=self.iou_threshold,
+            score_threshold=self.score_threshold,
         )
         self.last_results = results
         if logs is not None:
@@ -72,3 +96,5 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
         metrics = " ".join(f"{self.prefix}{name} {results[name]:.4f}" for name in self.LOGGED)
         per_class = ", ".join(f"{row['class']} {row['AP']:.3f}" for row in results["per_class"])
         print(f"Epoch {epoch + 1}: COCO bbox on {results['num_images']} images: {metrics}; per-class AP: {per_class}")
+        if plots_dir:
+            print(f"Epoch {epoch + 1}: evaluation pictures in {plots_dir}")

@@ -5,10 +5,19 @@ YOLO ``data.yaml``; ``--split`` for VOC / YOLO, ``--images`` for COCO / VOC), or
 ``--annotations FILE --images DIR``. Problems found in the ground truth (missing or unreadable
 images, unknown categories, duplicate ids, boxes outside the image) are reported before the
 score; ``--output`` writes the detections, and the metrics (12 COCO numbers, per-class table)
-go to ``--metrics`` (default: beside ``--output`` as ``*_metrics.json``). Existing files are
-replaced only with ``--overwrite`` (checked before anything runs); both are written atomically.
+go to ``--metrics`` (default: beside ``--output`` as ``*_metrics.json``). Beside the metrics
+(or in ``--plots-dir``) go the pictures: ``pr_curves.png`` (precision-recall per class and for all
+classes at IoU 0.50 and 0.50:0.95), ``confusion_matrix.png`` (classes + background at
+``--iou-threshold`` / ``--score-threshold``) and ``examples/`` (the ``--examples`` worst and best
+images, ground truth and predictions side by side); ``--no-plots`` skips them. Existing files are
+replaced only with ``--overwrite`` (checked before anything runs); all are written atomically.
+The COCOeval implementation is faster-coco-eval when installed, else pycocotools (``--coco-backend``).
 """
 
+import argparse
+
+from gflv2_keras.evaluation.backend import BACKENDS
+from gflv2_keras.evaluation.coco_evaluator import IOU_THRESHOLD, NUM_EXAMPLES, SCORE_THRESHOLD
 from gflv2_keras.models.precision import PRECISIONS, add_precision_argument
 
 SHOWN_PROBLEMS = 10
@@ -25,7 +34,22 @@ def register(subparsers):
     parser.add_argument("--output", help="write the detections (COCO results JSON) here")
     parser.add_argument("--metrics", help="write the metrics and per-class table (JSON) here")
     parser.add_argument("--max-images", type=int, help="evaluate the first N images only")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing --output / --metrics files")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing --output / --metrics files and pictures")
+    parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                        help="write pr_curves.png, confusion_matrix.png and examples/ beside the metrics (default on)")
+    parser.add_argument("--plots-dir", help="folder of the pictures (default: the --metrics file's folder)")
+    parser.add_argument("--examples", type=int, default=NUM_EXAMPLES,
+                        help=f"how many worst and best images to draw in examples/ (default {NUM_EXAMPLES}; 0: none)")
+    parser.add_argument("--score-threshold", type=float, default=SCORE_THRESHOLD,
+                        help="smallest score counted by the confusion matrix and the examples "
+                        f"(default {SCORE_THRESHOLD})")
+    parser.add_argument("--iou-threshold", type=float, default=IOU_THRESHOLD,
+                        help="smallest IoU of a match in the confusion matrix and the examples "
+                        f"(default {IOU_THRESHOLD})")
+    parser.add_argument("--coco-backend", choices=BACKENDS, default="auto",
+                        help="COCOeval implementation (default auto: faster-coco-eval when installed, "
+                        "else pycocotools)")
     add_precision_argument(parser)
     parser.set_defaults(func=run)
 
@@ -36,9 +60,13 @@ def run(args):
 
     from gflv2_keras.data.coco import check_image_files
     from gflv2_keras.data.formats import load_detection_dataset
+    from gflv2_keras.evaluation.backend import choose_backend
     from gflv2_keras.evaluation.coco_evaluator import evaluate, format_results
+    from gflv2_keras.evaluation.plots import check_plot_paths
     from gflv2_keras.utils.files import atomic_write, refuse_existing
 
+    check_options(args)
+    choose_backend(args.coco_backend)  # faster-coco-eval asked for and missing: one line, before anything runs
     path = args.data or args.annotations
     if args.images is not None and not os.path.isdir(args.images):
         raise ValueError(f"image folder {args.images} does not exist")
@@ -49,14 +77,30 @@ def run(args):
     for path, flag in ((args.output, "--output"), (metrics, "--metrics")):
         if path:
             refuse_existing(path, args.overwrite, f"{flag} file")
+    plots_dir = None
+    if args.plots:
+        plots_dir = args.plots_dir or (os.path.dirname(os.path.abspath(metrics)) if metrics else None)
+        if plots_dir:
+            check_plot_paths(plots_dir, args.overwrite)
     check_image_files(dataset)
     report_problems(dataset, metrics)
     detector = load_detector(args.preset, PRECISIONS[args.precision])
-    results = evaluate(detector, dataset, output_json=args.output, max_images=args.max_images, verbose=False)
-    print(f"COCO bbox on {results['num_images']} images ({results['num_detections']} detections):")
+    results = evaluate(detector, dataset, output_json=args.output, max_images=args.max_images, verbose=False,
+                       backend=args.coco_backend, plots_dir=plots_dir, overwrite_plots=args.overwrite,
+                       num_examples=args.examples, iou_threshold=args.iou_threshold,
+                       score_threshold=args.score_threshold)
+    print(f"COCO bbox on {results['num_images']} images ({results['num_detections']} detections, "
+          f"{results['backend']}):")
     print("\n".join(format_results(results)))
     if args.output:
         print(f"detections written to {args.output}")
+    if "plots" in results:
+        examples = results["plots"]["example_images"]
+        print(f"pictures written to {plots_dir}: pr_curves.png, confusion_matrix.png"
+              + (f", examples/ ({len(examples['worst'])} worst, {len(examples['best'])} best images)"
+                 if results["plots"]["examples"] else ""))
+    elif args.plots:
+        print("pictures not written: pass --metrics FILE or --plots-dir DIR to get them (or --no-plots)")
     if metrics:
         os.makedirs(os.path.dirname(os.path.abspath(metrics)), exist_ok=True)
         record = {"data": dataset.annotation_file, "preset": args.preset, "problems": dataset.problem_lines(),
@@ -64,6 +108,18 @@ def run(args):
         atomic_write(metrics, lambda f: f.write(json.dumps(record, indent=2).encode()))
         print(f"metrics and per-class table written to {metrics}")
     return 0
+
+
+def check_options(args):
+    """One ``ValueError`` line for an option out of its range (before anything runs)."""
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be between 0 and 1, got {args.score_threshold}")
+    if not 0.0 < args.iou_threshold <= 1.0:
+        raise ValueError(f"--iou-threshold must be above 0 and at most 1, got {args.iou_threshold}")
+    if args.examples < 0:
+        raise ValueError(f"--examples must be 0 or more, got {args.examples}")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be 1 or more, got {args.max_images}")
 
 
 def report_problems(dataset, metrics=None):

@@ -1,4 +1,4 @@
-"""COCO bbox evaluation with pycocotools of a ``DetectionDataset`` of any layout (COCO, VOC, YOLO).
+"""COCO bbox evaluation of a ``DetectionDataset`` of any layout (COCO, VOC, YOLO).
 
 One code path for every layout: ``ground_truth(dataset)`` builds the COCO ground truth in memory
 from the records (``boxes`` as annotations; ``ignore_boxes`` as ``iscrowd=1`` regions, so VOC
@@ -15,26 +15,50 @@ labels (0-based class indices) mapped back to the file's category ids.
 Formats: a detector returns boxes of the original image in its ``bounding_box_format``
 (``keras.utils.bounding_boxes`` names; converted here to xyxy absolute original-image pixels);
 COCO result dicts hold ``bbox`` = ``[x, y, w, h]`` (``w = x2 - x1``, no "+1").
+
+The COCOeval implementation is faster-coco-eval when installed, else pycocotools (``backend``:
+the same 12 numbers, ``evaluation.backend``). Beside the numbers, every evaluation counts its
+errors at one operating point (IoU ``iou_threshold``, score ``>= score_threshold``: confusion
+matrix and per-image false positives / negatives, ``evaluation.matching``), and ``evaluate``
+can draw them (``plots_dir``: ``evaluation.plots``).
 """
 
 import contextlib
-import copy
 import io
 import json
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from gflv2_keras.data.coco import load_coco
+from gflv2_keras.evaluation.backend import coco_score, summary_lines
+from gflv2_keras.evaluation.matching import analyse_errors
 from gflv2_keras.utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+IOU_THRESHOLD = 0.5  # operating point of the confusion matrix and the example pictures
+SCORE_THRESHOLD = 0.25
+NUM_EXAMPLES = 8  # worst and best images drawn by ``evaluate(..., plots_dir=...)``
 
 
-def evaluate_detections(annotation_file, detections, output_json=None, image_ids=None, verbose=True):
+@dataclass
+class Evaluation:
+    """What ``score_detections`` computed: the ``results`` dict of ``evaluate_detections``, the
+    ground truth ``coco_gt``, COCOeval's ``precision`` ``[T, R, K, A, M]`` (None without
+    detections) and the ``errors`` (``matching.ErrorAnalysis``)."""
+
+    results: dict
+    coco_gt: object
+    precision: object
+    errors: object
+
+
+def evaluate_detections(annotation_file, detections, output_json=None, image_ids=None, verbose=True, backend="auto",
+                        iou_threshold=IOU_THRESHOLD, score_threshold=SCORE_THRESHOLD):
     """COCOeval bbox of detections against a COCO annotation file.
 
     Args:
@@ -45,11 +69,16 @@ def evaluate_detections(annotation_file, detections, output_json=None, image_ids
         output_json: if given, the detections are written there (JSON list).
         image_ids: evaluate on these image ids only (default: every image of the file).
         verbose: print pycocotools' summary table.
+        backend: the COCOeval implementation, ``"auto"`` (faster-coco-eval when installed),
+            ``"faster-coco-eval"`` or ``"pycocotools"`` (``backend.choose_backend``).
+        iou_threshold, score_threshold: the operating point of the confusion matrix.
 
     Returns:
         dict with ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` and the recall metrics
         ``AR1`` ... ``ARl`` (floats, pycocotools' 12 ``stats`` in order), ``stats`` (the list of
-        12), ``num_detections`` and ``per_class``: one dict per category in id order,
+        12), ``num_detections``, ``backend`` (the implementation that ran), ``confusion_matrix``
+        (``ErrorAnalysis.to_dict()``: rows ground truth, columns predicted, last index
+        background) and ``per_class``: one dict per category in id order,
         ``class``, ``category_id``, ``AP`` (IoU 0.50:0.95), ``AP50``, ``num_gt`` (non-crowd
         ground-truth boxes in the scored images), from ``COCOeval.eval["precision"]`` (area
         "all", 100 detections; -1 where the class has no ground truth). With no detection at
@@ -59,9 +88,18 @@ def evaluate_detections(annotation_file, detections, output_json=None, image_ids
         ValueError: a detection names an image or category id that the file does not have, or
             a ground-truth annotation lacks the ``area`` field that COCOeval needs.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    return score_detections(annotation_file, detections, output_json, image_ids, verbose, backend, iou_threshold,
+                            score_threshold).results
 
+
+def score_detections(annotation_file, detections, output_json=None, image_ids=None, verbose=True, backend="auto",
+                     iou_threshold=IOU_THRESHOLD, score_threshold=SCORE_THRESHOLD):
+    """``evaluate_detections`` that also returns what the pictures need: an ``Evaluation``."""
+    from pycocotools.coco import COCO
+
+    from gflv2_keras.evaluation.backend import choose_backend
+
+    backend = choose_backend(backend)
     if isinstance(detections, (str, os.PathLike)):
         with open(detections) as f:
             detections = json.load(f)
@@ -85,25 +123,18 @@ def evaluate_detections(annotation_file, detections, output_json=None, image_ids
         stats = [0.0] * len(METRIC_NAMES)
         precision = None
     else:
-        # loadRes adds fields to the dicts it is given; keep the caller's list intact.
-        output = io.StringIO()
-        with contextlib.redirect_stdout(output):
-            coco_dt = coco_gt.loadRes(copy.deepcopy(detections))
-            coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
-            if image_ids is not None:
-                coco_eval.params.imgIds = sorted(int(i) for i in image_ids)
-            coco_eval.evaluate()
-            coco_eval.accumulate()
-            coco_eval.summarize()
+        score = coco_score(coco_gt, detections, image_ids, backend)  # copies the dicts: the caller's stay intact
         if verbose:
-            print("\n".join(line for line in output.getvalue().splitlines() if line.lstrip().startswith("Average")))
-        stats = [float(v) for v in coco_eval.stats]
-        precision = coco_eval.eval["precision"]
+            print("\n".join(summary_lines(score.stats)))
+        stats, precision = score.stats, score.precision
+    errors = analyse_errors(coco_gt, detections, sorted(scored), iou_threshold, score_threshold)
     results = dict(zip(METRIC_NAMES, stats))
     results["stats"] = stats
     results["num_detections"] = len(detections)
+    results["backend"] = backend
     results["per_class"] = per_class_results(coco_gt, precision, scored)
-    return results
+    results["confusion_matrix"] = errors.to_dict()
+    return Evaluation(results, coco_gt, precision, errors)
 
 
 def per_class_results(coco_gt, precision, image_ids):
@@ -112,8 +143,8 @@ def per_class_results(coco_gt, precision, image_ids):
     Args:
         coco_gt: the ground truth (``pycocotools.coco.COCO``).
         precision: ``COCOeval.eval["precision"]`` ``[T, R, K, A, M]`` (IoU thresholds 0.50:0.95,
-            101 recall points, categories in ``getCatIds()`` order, area ranges, max detections),
-            or None (no detection: every AP 0).
+            101 recall points, categories in sorted id order, as COCOeval, area ranges, max
+            detections), or None (no detection: every AP 0).
         image_ids: the scored image ids.
 
     Returns:
@@ -121,7 +152,7 @@ def per_class_results(coco_gt, precision, image_ids):
         category without ground truth, as COCOeval).
     """
     rows = []
-    for k, cat_id in enumerate(coco_gt.getCatIds()):
+    for k, cat_id in enumerate(sorted(coco_gt.getCatIds())):
         num_gt = sum(
             1 for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=list(image_ids), catIds=[cat_id])) if not a.get("iscrowd")
         )
@@ -251,7 +282,9 @@ def run_detector(detector, dataset, max_images=None, progress=True):
     return results
 
 
-def evaluate(detector, data, image_dir=None, output_json=None, max_images=None, progress=True, verbose=True):
+def evaluate(detector, data, image_dir=None, output_json=None, max_images=None, progress=True, verbose=True,
+             backend="auto", plots_dir=None, overwrite_plots=False, num_examples=NUM_EXAMPLES,
+             iou_threshold=IOU_THRESHOLD, score_threshold=SCORE_THRESHOLD):
     """Runs ``detector`` on a split and scores it (``run_detector`` + ``evaluate_detections``).
 
     Args:
@@ -259,13 +292,20 @@ def evaluate(detector, data, image_dir=None, output_json=None, max_images=None, 
         data: a ``DetectionDataset`` of any layout (``data.formats.load_detection_dataset``
             with ``for_training=False``), or the path of a COCO annotation file.
         image_dir: the COCO file's image folder (paths only).
-        output_json, max_images, progress, verbose: see ``run_detector`` / ``evaluate_detections``.
+        output_json, max_images, progress, verbose, backend: see ``run_detector`` /
+            ``evaluate_detections``.
+        plots_dir: if given, ``pr_curves.png``, ``confusion_matrix.png`` and ``examples/``
+            (the ``num_examples`` worst and best images) are written there
+            (``plots.write_evaluation_plots``); existing ones are replaced only with
+            ``overwrite_plots``.
+        iou_threshold, score_threshold: the operating point of the confusion matrix and the examples.
 
     The score covers the images that were run: all readable images of the split, or the first
     ``max_images`` of them. Unreadable images are reported and left out of the score.
 
     Returns:
-        The dict of ``evaluate_detections`` plus ``num_images`` (images scored).
+        The dict of ``evaluate_detections`` plus ``num_images`` (images scored) and, with
+        ``plots_dir``, ``plots`` (what ``write_evaluation_plots`` returns).
 
     Raises:
         ValueError: the split has no image.
@@ -278,14 +318,25 @@ def evaluate(detector, data, image_dir=None, output_json=None, max_images=None, 
     if not dataset.records:
         raise ValueError(f"{dataset.annotation_file}: no image to evaluate")
     records = dataset.records if max_images is None else dataset.records[:max_images]
+    if plots_dir is not None:
+        from gflv2_keras.evaluation.plots import check_plot_paths
+
+        check_plot_paths(plots_dir, overwrite_plots)  # before the detector runs
     detections = run_detector(detector, dataset, max_images=max_images, progress=progress)
     image_ids = [r["image_id"] for r in records if r["image_id"] not in dataset.unreadable]
     if dataset.unreadable:
         logger.warning("evaluate: %d unreadable images left out of the score", len(dataset.unreadable))
-    results = evaluate_detections(
-        ground_truth(dataset, records), detections, output_json=output_json, image_ids=image_ids, verbose=verbose
-    )
+    evaluation = score_detections(ground_truth(dataset, records), detections, output_json=output_json,
+                                  image_ids=image_ids, verbose=verbose, backend=backend, iou_threshold=iou_threshold,
+                                  score_threshold=score_threshold)
+    results = evaluation.results
     results["num_images"] = len(image_ids)
+    if plots_dir is not None:
+        from gflv2_keras.evaluation.plots import write_evaluation_plots
+
+        files = {r["image_id"]: r["file_name"] for r in records if r["image_id"] not in dataset.unreadable}
+        results["plots"] = write_evaluation_plots(plots_dir, evaluation.precision, evaluation.errors, files,
+                                                  num_examples=num_examples, overwrite=overwrite_plots)
     return results
 
 
