@@ -6,12 +6,32 @@ Pipeline (``configs/gfocal/gfocal_r50_fpn_1x.py`` ``test_pipeline``;
 zero padding at the bottom/right to a multiple of 32.
 
 Images are RGB ``[H, W, 3]`` (or ``[B, H, W, 3]`` sharing one size). The official code resizes
-uint8 with cv2 bilinear; here ``tf.image.resize`` (half-pixel bilinear, no antialias) is
-rounded back to the uint8 grid, which agrees with cv2 to within one grey level.
+uint8 with cv2 bilinear; here half-pixel bilinear without antialias (``tf.image.resize``'s
+``"bilinear"``) is rounded back to the uint8 grid, which agrees with cv2 to within one grey level.
+
+``preprocess_images`` has two implementations, chosen at run time by whether ``H`` and ``W`` are
+known python ints:
+
+* static sizes (always on JAX and PyTorch, whose images are concrete arrays; on TensorFlow
+  whenever the shape is known): ``keras.ops``, sizes and ``image_info`` computed on the host.
+  The resize is ``bilinear_resize``, TensorFlow's float32 half-pixel arithmetic operation for
+  operation, so its uint8-grid result equals ``tf.image.resize``'s bit for bit (the backends'
+  own ``keras.ops.image.resize`` differs from it by ~1e-3 before rounding, enough to move a few
+  pixels one grey level); on the TensorFlow backend ``keras.ops.image.resize`` is that very
+  kernel and is used instead.
+* dynamic sizes (TensorFlow graphs traced with unknown ``H``/``W``, such as the SavedModel's
+  serving signature), and TF tensors under another backend (a tf.data map on JAX or PyTorch):
+  TensorFlow ops, as are ``rescale_size``, ``resize_image``, ``normalize``, ``padded_size`` and
+  ``pad_to_size``, the tf.data pipeline's building blocks. TensorFlow is imported only on these
+  paths.
 """
 
+import numbers
+import sys
+
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -33,6 +53,8 @@ def rescale_size(height, width, scale=DEFAULT_SCALE):
     Returns:
         ``(new_height, new_width)`` as int32 scalar tensors.
     """
+    import tensorflow as tf
+
     h = tf.cast(height, tf.float32)
     w = tf.cast(width, tf.float32)
     first, second = (tf.cast(v, tf.float32) for v in scale)
@@ -88,23 +110,31 @@ def resize_image(image, new_height, new_width):
 
     Returns float32 values in ``[0, 255]`` rounded to integers.
     """
+    import tensorflow as tf
+
     resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_height, new_width]), method="bilinear")
     return tf.round(tf.clip_by_value(resized, 0.0, 255.0))
 
 
 def normalize(image):
     """``(rgb - MEAN) / STD`` in float32; accepts any leading shape ending in 3 channels."""
+    import tensorflow as tf
+
     return (tf.cast(image, tf.float32) - tf.constant(MEAN)) / tf.constant(STD)
 
 
 def padded_size(size, divisor=SIZE_DIVISOR):
     """Smallest multiple of ``divisor`` that is ``>= size`` (int32 tensor)."""
+    import tensorflow as tf
+
     size = tf.cast(size, tf.int32)
     return (size + divisor - 1) // divisor * divisor
 
 
 def pad_to_size(image, height, width):
     """Zero-pad ``[..., h, w, C]`` at the bottom/right to ``height x width``."""
+    import tensorflow as tf
+
     shape = tf.shape(image)
     rank = image.shape.rank
     paddings = [[0, 0]] * (rank - 3) + [
@@ -115,14 +145,58 @@ def pad_to_size(image, height, width):
     return tf.pad(image, paddings)
 
 
+def bilinear_resize(images, new_height, new_width):
+    """Half-pixel bilinear resize without antialias, in ``keras.ops``, for static sizes.
+
+    TensorFlow's CPU kernel arithmetic (``resize_bilinear_op.cc``) operation for operation in
+    float32: source coordinate ``(i + 0.5) * (in / out) - 0.5``, neighbours ``floor`` and
+    ``ceil`` clamped to the image, ``top = tl + (tr - tl) * dx``, ``bottom`` alike, ``out = top
+    + (bottom - top) * dy``. The interpolation tables are computed on the host (NumPy float32).
+    Run op by op, the result equals ``tf.image.resize``'s bit for bit; under XLA (``jax.jit``)
+    multiply-adds may be fused, moving values by ~1e-5, which changes the rounded uint8 level
+    only for a value on a rounding boundary.
+
+    Args:
+        images: float32 ``[B, H, W, C]`` with static ``H``, ``W``.
+        new_height, new_width: python ints ``>= 1``.
+
+    Returns:
+        float32 ``[B, new_height, new_width, C]``.
+    """
+    top_rows, bottom_rows, dy = _interpolation(images.shape[1], new_height)
+    left_cols, right_cols, dx = _interpolation(images.shape[2], new_width)
+    # Every source row interpolated along x once (TF's "top" and "bottom" are rows of it).
+    left, right = ops.take(images, left_cols, axis=2), ops.take(images, right_cols, axis=2)
+    rows = left + (right - left) * dx[:, None]
+    top, bottom = ops.take(rows, top_rows, axis=1), ops.take(rows, bottom_rows, axis=1)
+    return top + (bottom - top) * dy[:, None, None]
+
+
+def _interpolation(size, new_size):
+    """``(lower int32 [new], upper int32 [new], weight float32 [new])`` of TF's half-pixel scaler,
+    as backend tensors."""
+    scale = np.float32(size) / np.float32(max(new_size, 1))
+    source = (np.arange(new_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(source)
+    lower = np.maximum(floor, 0).astype(np.int32)
+    upper = np.minimum(np.ceil(source), size - 1).astype(np.int32)
+    return tuple(ops.convert_to_tensor(v) for v in (lower, upper, (source - floor).astype(np.float32)))
+
+
 def preprocess_images(images, scale=DEFAULT_SCALE, divisor=SIZE_DIVISOR, canvas=None):
     """The whole test-time preprocessing for a batch of equally sized images.
 
+    ``keras.ops`` when ``H``, ``W`` and ``scale`` are static python numbers (every backend),
+    TensorFlow ops otherwise (graphs with unknown image size, and TF tensors under another
+    backend: a tf.data map); both give the same values.
+
     Args:
-        images: uint8 (or float in ``[0, 255]``) RGB ``[B, H, W, 3]``.
+        images: uint8 (or float in ``[0, 255]``) RGB ``[B, H, W, 3]`` (any backend's array,
+            NumPy, or a TF tensor).
         scale: keep-ratio target ``(long_max, short_max)``.
         canvas: optional python ``(Hp, Wp)`` from ``canvas_size``: the padded size is then
-            static (the network can be compiled for it). ``None``: computed in the graph.
+            static (the network can be compiled for it). ``None``: the keep-ratio size padded up
+            to ``divisor`` (computed in the graph when the image size is dynamic).
 
     Returns:
         ``inputs``: float32 ``[B, Hp, Wp, 3]``, normalised and zero padded to ``divisor``.
@@ -132,6 +206,48 @@ def preprocess_images(images, scale=DEFAULT_SCALE, divisor=SIZE_DIVISOR, canvas=
             ``"scale_factor"`` float32 ``[B, 2]`` ``(new_h / h, new_w / w)`` (detections are
             divided by it to return to original pixels).
     """
+    if not hasattr(images, "shape"):
+        images = np.asarray(images)
+    height, width = images.shape[1], images.shape[2]
+    static = all(isinstance(v, numbers.Real) for v in (height, width, *scale))
+    # TF tensors under another backend (a tf.data map on JAX or PyTorch) need TF ops.
+    if static and (keras.config.backend() == "tensorflow" or not _is_tf_tensor(images)):
+        return _preprocess_static(images, int(height), int(width), scale, divisor, canvas)
+    return _preprocess_graph(images, scale, divisor, canvas)
+
+
+def _is_tf_tensor(x):
+    tf = sys.modules.get("tensorflow")  # not imported: x cannot be a TF tensor
+    return tf is not None and tf.is_tensor(x)
+
+
+def _preprocess_static(images, height, width, scale, divisor, canvas):
+    """``preprocess_images`` in ``keras.ops`` for python-int image sizes."""
+    new_h, new_w = static_rescale_size(height, width, scale)
+    if canvas is None:
+        canvas = (-(-new_h // divisor) * divisor, -(-new_w // divisor) * divisor)
+    images = ops.cast(images, "float32")
+    if keras.config.backend() == "tensorflow":  # the native kernel, equal to bilinear_resize
+        resized = ops.image.resize(images, (new_h, new_w), interpolation="bilinear", antialias=False)
+    else:
+        resized = bilinear_resize(images, new_h, new_w)
+    resized = ops.round(ops.clip(resized, 0.0, 255.0))
+    normalized = (resized - ops.convert_to_tensor(np.float32(MEAN))) / ops.convert_to_tensor(np.float32(STD))
+    inputs = ops.pad(normalized, [[0, 0], [0, canvas[0] - new_h], [0, canvas[1] - new_w], [0, 0]])
+    image_shape = np.float32([new_h, new_w])
+    factor = image_shape / np.float32([height, width])
+    batch = ops.shape(images)[0]
+    image_info = {
+        "image_shape": ops.tile(ops.convert_to_tensor(image_shape[None]), (batch, 1)),
+        "scale_factor": ops.tile(ops.convert_to_tensor(factor[None]), (batch, 1)),
+    }
+    return inputs, image_info
+
+
+def _preprocess_graph(images, scale, divisor, canvas):
+    """``preprocess_images`` in TensorFlow ops, for image sizes known only in the graph."""
+    import tensorflow as tf
+
     images = tf.convert_to_tensor(images)
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]

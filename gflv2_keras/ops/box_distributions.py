@@ -7,13 +7,15 @@ localisation quality (``mmdet/models/dense_heads/gfocal_head.py GFocalHead.forwa
 The official code drops all of it after NMS; ``kept_box_distributions`` recovers it for the
 detections NMS kept, and only for those, so it costs next to nothing and only when asked.
 
-``tf.image.combined_non_max_suppression`` returns no indices. With ``clip_boxes=False`` its
-output boxes and scores are its input rows gathered unchanged, so a kept detection is found
-again among its image's candidates as the candidate with the same box and, for the detection's
-class, the same score (``match_candidates``; ``tests/ops/test_box_distributions.py`` finds the
-kept points independently, from the raw head outputs, and checks the statistics of those). Candidates indistinguishable on (box, class, score)
-would have to come from the same anchor point with the same logits, so any of them carries the
-same statistics.
+NMS returns no candidate indices (``tf.image.combined_non_max_suppression``, the TensorFlow
+backend's NMS, has none). Both NMS paths of ``postprocess.class_nms`` (that one with
+``clip_boxes=False``, and ``nms.per_class_nms`` on every other backend) output their input rows
+gathered unchanged, so a kept detection is found again among its image's candidates as the
+candidate with the same box and, for the detection's class, the same score
+(``match_candidates``, plain ``keras.ops``; ``tests/ops/test_box_distributions.py`` finds the
+kept points independently, from the raw head outputs, and checks the statistics of those).
+Candidates indistinguishable on (box, class, score) would have to come from the same anchor
+point with the same logits, so any of them carries the same statistics.
 """
 
 from keras import ops
