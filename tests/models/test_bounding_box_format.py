@@ -5,6 +5,8 @@ References are Keras' own ``keras.utils.bounding_boxes.convert_format`` applied 
 """
 
 import json
+import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -150,13 +152,16 @@ def test_format_is_saved_and_old_presets_load_as_xyxy(tmp_path):
     assert detector.bounding_box_format == "center_xywh"
     assert GFLV2Detector.from_config(detector.get_config()).bounding_box_format == "center_xywh"
     detector.save_to_preset(tmp_path / "p")
-    config_file = tmp_path / "p" / "config.json"
-    saved = json.loads(config_file.read_text())
+    saved = json.loads((tmp_path / "p" / "task.json").read_text())
     assert saved["config"]["bounding_box_format"] == "center_xywh"
     assert GFLV2Detector.from_preset(str(tmp_path / "p")).bounding_box_format == "center_xywh"
-    del saved["config"]["bounding_box_format"]  # a folder written before the argument existed
-    config_file.write_text(json.dumps(saved))
-    assert GFLV2Detector.from_preset(str(tmp_path / "p")).bounding_box_format == "xyxy"
+    # A folder of the layout before keras-hub, written before the argument existed.
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "legacy_presets" / "nano_gflv1", old)
+    config = json.loads((old / "config.json").read_text())
+    assert config["config"].pop("bounding_box_format") == "rel_yxyx"
+    (old / "config.json").write_text(json.dumps(config))
+    assert GFLV2Detector.from_preset(str(old)).bounding_box_format == "xyxy"
 
 
 def test_compile_defaults_to_the_official_optimizer(nano_factory):
