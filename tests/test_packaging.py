@@ -1,13 +1,21 @@
 """The package works from a normal (non-editable) wheel install, outside the repository.
 
 Builds a wheel from a copy of the source tree, installs it into a fresh virtual environment
-(which sees the already installed TensorFlow/Keras through ``--system-site-packages``, so
-nothing is downloaded), and from a folder outside the repository lists the named recipes and
-runs ``gflv2 demo --quick`` (one short epoch).
+and from a folder outside the repository lists the named recipes and runs ``gflv2 demo --quick``
+(one short epoch).
+
+Nothing is downloaded: the fresh environment sees the packages of the interpreter running the
+tests (TensorFlow, Keras, ...) through a ``.pth`` file that adds that interpreter's site folders
+(``site.addsitedir``, so their own ``.pth`` files apply too), whether that interpreter is a
+system Python or itself a virtual environment (``python3 -m venv v && . v/bin/activate && bash
+scripts/test.sh``). ``venv --system-site-packages`` would not do: it exposes the *base*
+interpreter's packages, not those of the virtual environment the tests run in.
 """
 
+import importlib.util
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -33,14 +41,41 @@ def installed_wheel(tmp_path_factory):
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)], root)
     (wheel,) = wheels.glob("gflv2_keras-*.whl")
     venv = root / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], root)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], root)
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
-    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], root)
+    purelib = _run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root)
+    (Path(purelib.strip()) / "_running_interpreter_site.pth").write_text(_site_pth_line())
+    # --ignore-installed: the package may also be installed (editable) in the running interpreter's
+    # site folders; pip must neither uninstall nor skip it, only install the wheel into the venv.
+    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+          str(wheel)], root)
     outside = root / "elsewhere"
     outside.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     return {"bin": bin_dir, "cwd": outside, "env": env}
+
+
+def _running_site_dirs():
+    """The site folders of the interpreter running the tests, in its ``sys.path`` order."""
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        dirs.insert(0, site.getusersitepackages())
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def _site_pth_line():
+    """One ``.pth`` line adding the running interpreter's site folders (and their ``.pth`` files)."""
+    calls = "; ".join(f"site.addsitedir({d!r})" for d in _running_site_dirs())
+    return f"import site; {calls}\n"
+
+
+def test_wheel_install_sees_the_packages_of_the_interpreter_running_the_tests(installed_wheel):
+    modules = ("tensorflow", "keras", "keras_hub", "numpy", "PIL", "pycocotools", "yaml")
+    expected = [importlib.util.find_spec(name).origin for name in modules]
+    code = f"import importlib.util; print([importlib.util.find_spec(m).origin for m in {modules!r}])"
+    where = _run([str(installed_wheel["bin"] / "python"), "-c", code], installed_wheel["cwd"], installed_wheel["env"])
+    assert where.strip() == repr(expected)
 
 
 def test_wheel_install_imports_its_own_copy_of_the_package(installed_wheel):

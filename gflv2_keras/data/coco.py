@@ -13,14 +13,21 @@ mmdet v2.6, ``mmdet/datasets/coco.py CocoDataset._parse_ann_info``):
   ``ignore_boxes`` / ``ignore_labels`` (the evaluator's ``iscrowd`` regions);
 * degenerate annotations are dropped: ``area <= 0``, ``w < 1``, ``h < 1`` or no intersection
   with the image;
-* for training, images with no remaining box and images with a side under 32 px are dropped.
+* for training, images with no remaining box and images with a side under 32 px are dropped;
+* for training and evaluation, images the keep-ratio resize would shrink to nothing are dropped
+  and named (``records.filter_records``).
 
 Problems that mmdet would pass over silently or crash on are reported in ``.problems`` (one
 human-readable string each, naming the image id / annotation id and field) and skipped:
 an annotation box reaching more than 1 px beyond its image, an unknown category id, an
 annotation whose image id does not exist, non-finite coordinates, malformed entries. A
-missing top-level ``images`` / ``annotations`` / ``categories`` field raises ``ValueError``
-naming the file.
+missing top-level ``images`` / ``annotations`` / ``categories`` field, a file that is not JSON
+or is nested too deeply to parse raises ``ValueError`` naming the file.
+
+Image frame: ``height`` / ``width`` are the file's. Images are read in the displayed frame (EXIF
+orientation applied), except where the file's size is that of the stored frame of an image
+whose orientation swaps width and height (a tool that ignored EXIF): that image is read in the
+stored frame, as its boxes are, and ``check_image_files`` names it (``data.image_io``).
 
 Deliberate differences from mmdet v2.6: it keeps boxes that reach outside the image (the
 resize step clips them) where this loader reports and drops those beyond the 1 px tolerance;
@@ -35,9 +42,17 @@ import json
 import logging
 import math
 import os
+import sys
 
 import numpy as np
 
+from gflv2_keras.data.image_io import (
+    ImageReadError,
+    describe_orientation,
+    frame_orientation,
+    read_header,
+    read_record_image,
+)
 from gflv2_keras.data.records import (
     DEGENERATE,
     MALFORMED,
@@ -46,12 +61,13 @@ from gflv2_keras.data.records import (
     OUT_OF_IMAGE,
     UNDER_MIN_SIZE,
     UNKNOWN_CLASS,
+    UNRESIZABLE,
     DetectionDataset,
     Report,
     checked_box,
+    filter_records,
     finish,
     make_record,
-    training_filter,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,7 +80,7 @@ UNKNOWN_IMAGE = "boxes of unknown images"
 CocoDataset = DetectionDataset
 
 
-def load_coco(annotation_file, image_dir, for_training=True, min_size=MIN_TRAIN_IMAGE_SIZE, verbose=True):
+def load_coco(annotation_file, image_dir, for_training=True, min_size=MIN_TRAIN_IMAGE_SIZE, verbose=True, scale=None):
     """Reads a COCO-format detection annotation file.
 
     Args:
@@ -75,18 +91,22 @@ def load_coco(annotation_file, image_dir, for_training=True, min_size=MIN_TRAIN_
             every image of the file.
         min_size: see ``for_training``.
         verbose: print the one-line summary (it is also logged at INFO level).
+        scale: ``(long_max, short_max)`` of the keep-ratio resize the images will go through
+            (``None``: ``(1333, 800)``); images it would shrink to nothing are left out, named.
 
     Returns:
         A ``CocoDataset``.
 
     Raises:
-        ValueError: the file is not JSON, or lacks one of the top-level fields.
+        ValueError: the file is not JSON (or nested too deeply to parse), or lacks one of the
+            top-level fields.
     """
     annotation_file = os.path.abspath(annotation_file)
     image_dir = os.path.abspath(image_dir)
     content = _read_json(annotation_file)
     report = Report(
-        (CROWD, DEGENERATE, OUT_OF_IMAGE, UNKNOWN_CLASS, UNKNOWN_IMAGE, MALFORMED, NO_BOXES, UNDER_MIN_SIZE)
+        (CROWD, DEGENERATE, OUT_OF_IMAGE, UNKNOWN_CLASS, UNKNOWN_IMAGE, MALFORMED, NO_BOXES, UNDER_MIN_SIZE,
+         UNRESIZABLE)
     )
     category_ids, class_names = _parse_categories(content["categories"], report)
     label_of = {cat_id: i for i, cat_id in enumerate(category_ids)}
@@ -116,7 +136,7 @@ def load_coco(annotation_file, image_dir, for_training=True, min_size=MIN_TRAIN_
     dataset = CocoDataset(
         annotation_file=annotation_file,
         image_dir=image_dir,
-        records=training_filter(records, for_training, min_size, report),
+        records=filter_records(records, for_training, min_size, report, scale),
         category_ids=category_ids,
         class_names=class_names,
         problems=report.problems,
@@ -132,10 +152,14 @@ def check_image_files(dataset, mode="header"):
     Modes:
         ``"header"`` (cheap, default): the file exists, is not empty, starts with a JPEG / PNG /
             GIF / BMP signature, is not truncated (JPEG end-of-image marker, PNG ``IEND`` chunk,
-            BMP declared size), and Pillow can read its header. A size different from the
-            annotation's ``height``/``width`` is added to ``problems`` (not skipped).
-        ``"decode"``: also decodes every image with ``tf.io.decode_image`` (as the pipeline
-            does), so nothing can fail later; costs one full decode per image.
+            BMP declared size), and the reader can read its header (``image_io.read_header``:
+            size, EXIF orientation, the pixel limit). Added to ``problems`` (not skipped): an
+            image whose annotation size is its stored frame while EXIF turns it (read in the
+            stored frame, ``image_io.frame_orientation``), and a size different from the
+            annotation's ``height``/``width`` in the frame it is read in.
+        ``"decode"``: also decodes every image with the reader the pipeline and evaluation use
+            (``image_io.read_record_image``), so nothing can fail later; costs one full decode
+            per image.
 
     Unreadable images are put in ``dataset.unreadable`` (and logged with id and file name).
     Results are cached per mode on the dataset.
@@ -152,7 +176,7 @@ def check_image_files(dataset, mode="header"):
             continue
         reason = _check_file_header(record, dataset.problems)
         if reason is None and mode == "decode":
-            reason = _check_file_decodes(record["file_name"])
+            reason = _check_file_decodes(record)
         if reason is not None:
             dataset.mark_unreadable(record, reason)
     # A decode check includes the header check.
@@ -168,6 +192,11 @@ def _read_json(path):
         raise ValueError(f"annotation file {path} does not exist") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"annotation file {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(
+            f"annotation file {path}: JSON nested too deeply to parse (more than about "
+            f"{sys.getrecursionlimit()} levels; a COCO file needs 4)"
+        ) from None
     if not isinstance(content, dict):
         raise ValueError(f"annotation file {path}: expected a JSON object at the top level")
     for field in REQUIRED_FIELDS:
@@ -307,26 +336,33 @@ def _check_file_header(record, problems):
     if kind == "BMP" and len(head) >= 6 and int.from_bytes(head[2:6], "little") > size:
         return "truncated BMP (file shorter than its header says)"
 
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except Exception as e:  # Pillow raises several types for corrupt headers
-        return f"unreadable image header ({type(e).__name__}: {e})"
-    if (height, width) != (record["height"], record["width"]):
+        header = read_header(path)
+    except ImageReadError as e:
+        return f"unreadable image header ({e.reason})"
+    where = f"image id {record['image_id']} ({path})"
+    annotated = (record["height"], record["width"])
+    if frame_orientation(header, annotated) != header.orientation:
         problems.append(
-            f"image id {record['image_id']} ({path}): file is {width}x{height} but the annotation "
+            f"{where}: {describe_orientation(header.orientation)} but the annotation's 'width' {record['width']}, "
+            f"'height' {record['height']} are those of the stored frame (a tool that ignored EXIF): read in the "
+            "stored frame, as the annotation file"
+        )
+        width, height = header.stored_size
+    else:
+        width, height = header.displayed_size
+    if (height, width) != annotated:
+        shown = f" as shown ({describe_orientation(header.orientation)})" if header.orientation != 1 else ""
+        problems.append(
+            f"{where}: file is {width}x{height}{shown} but the annotation "
             f"says 'width' {record['width']}, 'height' {record['height']}; boxes are scaled by the file's size"
         )
     return None
 
 
-def _check_file_decodes(path):
-    import tensorflow as tf
-
+def _check_file_decodes(record):
     try:
-        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    except (tf.errors.OpError, OSError) as e:
-        return f"cannot be decoded ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        read_record_image(record)
+    except ImageReadError as e:
+        return f"cannot be decoded ({e.reason[:200]})"
     return None

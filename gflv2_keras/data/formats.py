@@ -39,7 +39,8 @@ def detect_format(path):
     raise ValueError(f"{path} is not a dataset layout this library reads; accepted: " + "; ".join(LAYOUTS))
 
 
-def load_detection_dataset(path, split="train", images=None, class_names=None, for_training=True, verbose=True):
+def load_detection_dataset(path, split="train", images=None, class_names=None, for_training=True, verbose=True,
+                           scale=None):
     """Reads a detection dataset in COCO, Pascal VOC or YOLO layout (``detect_format``).
 
     Args:
@@ -55,6 +56,9 @@ def load_detection_dataset(path, split="train", images=None, class_names=None, f
         for_training: apply the training filters (images without boxes and images under
             32 px are dropped) and require at least one usable image; ``False`` for evaluation.
         verbose: print the one-line summary.
+        scale: ``(long_max, short_max)`` of the keep-ratio resize the images will go through
+            (the preset's ``input_scale``, a recipe's ``scale``; ``None``: ``(1333, 800)``):
+            images it would shrink to nothing are left out and named (``records.filter_records``).
 
     Returns:
         A ``DetectionDataset``.
@@ -65,14 +69,16 @@ def load_detection_dataset(path, split="train", images=None, class_names=None, f
     """
     kind = detect_format(path)
     if kind == "voc":
-        return load_voc(path, split, class_names, images, for_training=for_training, verbose=verbose)
+        return load_voc(path, split, class_names, images, for_training=for_training, verbose=verbose, scale=scale)
     if kind == "yolo":
         if images is not None:
             raise ValueError(f"{path}: a YOLO data.yaml names its image folders; do not pass an images folder")
-        dataset = load_yolo(path, split, for_training=for_training, verbose=verbose)
+        dataset = load_yolo(path, split, for_training=for_training, verbose=verbose, scale=scale)
     else:
         image_dir = images if images is not None else os.path.dirname(os.path.abspath(path))
-        dataset = require_training_images(load_coco(path, image_dir, for_training=for_training, verbose=verbose))
+        dataset = require_training_images(
+            load_coco(path, image_dir, for_training=for_training, verbose=verbose, scale=scale)
+        )
     if class_names is not None and list(class_names) != list(dataset.class_names):
         raise ValueError(
             f"{dataset.annotation_file}: its classes {dataset.class_names} differ from the class_names given "

@@ -1,7 +1,9 @@
 """tf.data input pipeline of the official train (and test) recipe
 (``configs/gfocal/gfocal_r50_fpn_1x.py`` ``train_pipeline``).
 
-Per image: decode (JPEG / PNG / BMP / GIF, grayscale and RGBA become RGB) → keep-ratio resize
+Per image: decode with the library's one image reader (``data.image_io.read_image``, inside a
+``tf.numpy_function``: JPEG / PNG / BMP / GIF, grayscale and RGBA become RGB, EXIF orientation
+applied, so the pixels are those ``gflv2 predict`` and evaluation see) → keep-ratio resize
 on the uint8 grid (``preprocess.resize_image``), to ``scale`` or, for the ms2x recipes, to a
 short side drawn uniformly from ``multiscale_range`` with the long side capped at
 ``max(scale)`` → horizontal flip with probability ``flip_prob`` → ``(x - mean) / std`` → zero
@@ -20,6 +22,13 @@ Corrupt or missing image files never stop a run: ``check_image_files`` (cheap he
 truncation checks by default) removes them up front and reports each by image id and file
 name; whatever still fails to decode inside the graph is dropped by ``ignore_errors`` with a
 TensorFlow warning.
+
+Decoding cost (measured on 2 shared CPU cores, 640x480 JPEGs): decoding alone in a parallel map
+takes 7.3-7.6 ms per image with the Python reader (Pillow, accurate integer DCT, under
+``tf.numpy_function``) where ``tf.io.decode_image`` (fast DCT) took 4.8-5.1 ms; the whole per-image
+pipeline (decode, resize to 1333x800, flip, normalise, pad) costs 22.8-28.8 ms of CPU time per image
+(median 25.6) where it cost 22.6-25.9 ms (median 24.8) with ``tf.io.decode_image``: about 3 %.
+Pillow releases the GIL while it decodes.
 """
 
 import logging
@@ -28,8 +37,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from gflv2_keras.models import preprocessing as preprocess
 from gflv2_keras.data.coco import check_image_files
+from gflv2_keras.data.image_io import decode_image_tf
+from gflv2_keras.models import preprocessing as preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -233,14 +243,15 @@ def sample_size(height, width, seed, epoch, position, scale, multiscale_range, f
 def _make_loader(records, seed, scale, multiscale_range, flip_prob, max_boxes):
     """The per-image map function ``(record index, epoch, position) -> (image, targets)``."""
     file_names = tf.constant([r["file_name"] for r in records])
+    # The annotation's size decides the frame an image is read in (``image_io.frame_orientation``).
+    sizes = tf.constant([[r["height"], r["width"]] for r in records], tf.int32)
     counts = np.array([len(r["labels"]) for r in records], np.int64)
     splits = tf.constant(np.concatenate([[0], np.cumsum(counts)]), tf.int64)
     all_boxes = tf.constant(np.concatenate([r["boxes"] for r in records]).reshape(-1, 4), tf.float32)
     all_labels = tf.constant(np.concatenate([r["labels"] for r in records]), tf.int32)
 
     def load(index, epoch, position):
-        image = tf.io.decode_image(tf.io.read_file(file_names[index]), channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
+        image = decode_image_tf(file_names[index], sizes[index, 0], sizes[index, 1])
         height, width = tf.shape(image)[0], tf.shape(image)[1]
         new_h, new_w, flip = sample_size(height, width, seed, epoch, position, scale, multiscale_range, flip_prob)
 

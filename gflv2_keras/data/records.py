@@ -8,7 +8,9 @@ Record (one dict per image):
     ``image_id``   int, unique in the dataset (COCO: the file's id; VOC / YOLO: 1-based
                    position of the image in the split listing).
     ``file_name``  absolute path of the image file.
-    ``height``, ``width``  ints, the image size the boxes refer to.
+    ``height``, ``width``  ints, the image size the boxes refer to: the displayed frame (EXIF
+                   orientation applied) unless the annotation file gives the stored frame's
+                   size (``data.image_io.frame_orientation``); the image is read in that frame.
     ``boxes``      float32 ``[K, 4]`` ``(x1, y1, x2, y2)`` absolute pixel edges of the original
                    image, no "+1" (a box covering pixel columns 0..9 is ``x1 = 0, x2 = 10``),
                    clipped to the image; as MMDetection v2 and ``gflv2_keras.ops.boxes``.
@@ -21,7 +23,9 @@ Record (one dict per image):
     ``ignore_areas``, the file's ``area`` of each box).
 
 Problems with single entries never stop loading: each is appended to ``problems`` (one line
-naming the file / line / object / id and field) and counted in ``skipped`` by reason.
+naming the file / line / object / id and field) and counted in ``skipped`` by reason. Images the
+keep-ratio resize would shrink to nothing (``image_io.resize_problem`` at the reader's ``scale``)
+are left out, for training and evaluation alike, and named.
 """
 
 import dataclasses
@@ -30,6 +34,8 @@ import math
 import os
 
 import numpy as np
+
+from gflv2_keras.data.image_io import ImageReadError, read_header, resize_problem
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ OUT_OF_IMAGE = "out-of-image boxes"
 UNKNOWN_CLASS = "boxes with unknown category"
 NO_BOXES = "images without boxes"
 UNDER_MIN_SIZE = "images under min size"
+UNRESIZABLE = "images too thin to resize"
 
 
 @dataclasses.dataclass
@@ -206,21 +213,48 @@ def checked_box(box, width, height, where, report, report_degenerate=True):
     return [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(x2, width), min(y2, height)]
 
 
-def training_filter(records, for_training, min_size, report):
-    """The official training filters (mmdet ``CustomDataset._filter_imgs``): for training, drop
-    images without boxes and images whose shorter side is under ``min_size``; evaluation keeps
-    every record."""
-    if not for_training:
-        return list(records)
+def filter_records(records, for_training, min_size, report, scale=None):
+    """The records a reader keeps.
+
+    Every mode drops (and names) images whose keep-ratio resize at ``scale`` (``None``: the
+    official ``(1333, 800)``) would leave a side under 1 px (``image_io.resize_problem``: nothing
+    to run the network on). For training, the official filters follow (mmdet
+    ``CustomDataset._filter_imgs``): images without boxes and images whose shorter side is under
+    ``min_size`` are dropped (counted).
+    """
     kept = []
     for record in records:
-        if not len(record["labels"]):
+        if _left_out_as_unresizable(record, scale, report):
+            continue
+        if for_training and not len(record["labels"]):
             report.skip(NO_BOXES)
-        elif min(record["height"], record["width"]) < min_size:
+        elif for_training and min(record["height"], record["width"]) < min_size:
             report.skip(UNDER_MIN_SIZE)
         else:
             kept.append(record)
     return kept
+
+
+def leave_out_unresizable(dataset, scale):
+    """Drops (and names in ``dataset.problems``) the records ``filter_records`` would drop at ``scale``.
+
+    For a caller that learns the scale after loading (the preset's ``input_scale`` in
+    evaluation; a recipe's ``scale`` in training). Returns ``dataset``.
+    """
+    report = Report()
+    dataset.records = [r for r in dataset.records if not _left_out_as_unresizable(r, scale, report)]
+    dataset.problems.extend(report.problems)
+    for reason, count in report.skipped.items():
+        dataset.skipped[reason] = dataset.skipped.get(reason, 0) + count
+    return dataset
+
+
+def _left_out_as_unresizable(record, scale, report):
+    """Whether the record's image is too thin for the resize at ``scale`` (then reported, by id and file)."""
+    problem = resize_problem(record["height"], record["width"], scale)
+    if problem:
+        report.skip(UNRESIZABLE, f"image id {record['image_id']} ({record['file_name']}): {problem}, left out")
+    return problem is not None
 
 
 def finish(dataset, verbose):
@@ -243,15 +277,12 @@ def require_training_images(dataset):
 
 
 def image_size(path):
-    """``(width, height)`` from the image file's header (Pillow, no full decode).
+    """``(width, height)`` of the image file's displayed frame (EXIF orientation applied), from its header.
 
     Raises:
-        OSError: the file is missing or not a readable image.
+        OSError: the file is missing, not a readable image or over the pixel limit.
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as image:
-            return image.size
-    except UnidentifiedImageError as e:
-        raise OSError(str(e)) from None
+        return read_header(path).displayed_size
+    except ImageReadError as e:
+        raise OSError(e.reason) from None

@@ -24,7 +24,10 @@ an evaluator can mark them ignore (``iscrowd``), as the VOC metric does. For the
 filter an image whose objects are all difficult has no boxes.
 
 Image size: ``<size>`` of the XML; a missing or zero size falls back to the image file's
-header. Image file: ``JPEGImages/{id}.jpg``, else the XML's ``<filename>``, else ``{id}`` with
+header (its displayed frame, EXIF orientation applied). Images are read in the displayed frame,
+except where ``<size>`` is the stored frame of an image whose EXIF orientation swaps width and
+height (an annotation tool that ignored EXIF): that image is read in the stored frame, as its
+boxes are, and ``check_image_files`` names it (``data.image_io.frame_orientation``). Image file: ``JPEGImages/{id}.jpg``, else the XML's ``<filename>``, else ``{id}`` with
 another image extension found in ``JPEGImages``.
 
 Problems (reported by file and object number, the entry skipped, loading goes on): a missing or
@@ -44,14 +47,15 @@ from gflv2_keras.data.records import (
     OUT_OF_IMAGE,
     UNDER_MIN_SIZE,
     UNKNOWN_CLASS,
+    UNRESIZABLE,
     DetectionDataset,
     Report,
     checked_box,
+    filter_records,
     finish,
     image_size,
     make_record,
     require_training_images,
-    training_filter,
 )
 
 UNREADABLE_ANNOTATION = "images with a missing or unreadable XML"
@@ -72,6 +76,7 @@ def load_voc(
     for_training=True,
     min_size=MIN_TRAIN_IMAGE_SIZE,
     verbose=True,
+    scale=None,
 ):
     """Reads one split of a Pascal VOC dataset.
 
@@ -82,9 +87,11 @@ def load_voc(
         class_names: class order (index ``i`` is ``class_names[i]``); ``None`` for the sorted
             set of names found in the split.
         image_dir: the images folder, ``ROOT/JPEGImages`` by default.
-        for_training, min_size: the training filters (``records.training_filter``); use
+        for_training, min_size: the training filters (``records.filter_records``); use
             ``for_training=False`` for evaluation.
         verbose: print the one-line summary.
+        scale: ``(long_max, short_max)`` of the keep-ratio resize the images will go through
+            (``None``: ``(1333, 800)``); images it would shrink to nothing are left out, named.
 
     Returns:
         A ``DetectionDataset`` (``format="voc"``); ``image_id`` is the 1-based line position in
@@ -101,7 +108,8 @@ def load_voc(
         raise ValueError(f"VOC split file {split_file} does not exist (splits found: {found or 'none'})")
     image_dir = os.path.abspath(image_dir or os.path.join(root, "JPEGImages"))
     report = Report(
-        (UNREADABLE_ANNOTATION, UNKNOWN_CLASS, DEGENERATE, OUT_OF_IMAGE, MALFORMED, NO_BOXES, UNDER_MIN_SIZE)
+        (UNREADABLE_ANNOTATION, UNKNOWN_CLASS, DEGENERATE, OUT_OF_IMAGE, MALFORMED, NO_BOXES, UNDER_MIN_SIZE,
+         UNRESIZABLE)
     )
 
     images = []  # (image_id, name, parsed XML)
@@ -143,7 +151,7 @@ def load_voc(
     dataset = DetectionDataset(
         annotation_file=split_file,
         image_dir=image_dir,
-        records=training_filter(records, for_training, min_size, report),
+        records=filter_records(records, for_training, min_size, report, scale),
         category_ids=list(range(len(class_names))),
         class_names=class_names,
         problems=report.problems,

@@ -19,16 +19,18 @@ An image without a label file has no objects (Ultralytics' background images).
 
 Box convention: records hold pixel edges ``x1 = (cx - w / 2) * W``, ``y1 = (cy - h / 2) * H``,
 ``x2 = (cx + w / 2) * W``, ``y2 = (cy + h / 2) * H``, clipped to the image (Ultralytics clips the
-normalised corners to [0, 1] as well). ``W``, ``H`` come from the image file's header (Pillow,
-no decode; EXIF orientation is not applied, as ``tf.io.decode_image`` does not apply it).
+normalised corners to [0, 1] as well). ``W``, ``H`` come from the image file's header (no decode):
+its displayed frame, EXIF orientation applied, as Ultralytics (``exif_size``) and the library's
+image reader (``data.image_io``) do.
 Class index ``i`` is the ``i``-th smallest ``names`` key (``category_ids``); for the usual
 ``0..C-1`` keys that is the key itself.
 
 Problems (reported by file and line, the entry skipped, loading goes on): a line without exactly
 5 numbers, a class index not in ``names``, coordinates outside [0, 1], zero-size or non-finite
 boxes, an image whose header cannot be read, an image format the pipeline cannot decode, a
-label file without an image. Errors in ``data.yaml`` itself (no ``names``, no split key, a
-folder that does not exist, an image-list ``.txt`` split) raise ``ValueError`` naming the key
+label file without an image, an image the keep-ratio resize would shrink to nothing. Errors in
+``data.yaml`` itself (no ``names``, no split key, a folder that does not exist, an image-list
+``.txt`` split, YAML nested too deeply to parse) raise ``ValueError`` naming the key or the file
 before any image is read.
 """
 
@@ -42,19 +44,20 @@ from gflv2_keras.data.records import (
     OUT_OF_IMAGE,
     UNDER_MIN_SIZE,
     UNKNOWN_CLASS,
+    UNRESIZABLE,
     DetectionDataset,
     Report,
     all_finite,
     checked_box,
+    filter_records,
     finish,
     image_size,
     make_record,
     require_training_images,
-    training_filter,
 )
 
 DATA_YAML_NAMES = ("data.yaml", "data.yml")
-# What ``tf.io.decode_image`` (the pipeline) reads.
+# The formats the pipeline reads (``check_image_files`` accepts their signatures).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Ultralytics ``IMG_FORMATS`` the pipeline cannot decode: reported, not silently ignored.
 OTHER_IMAGE_EXTENSIONS = (".webp", ".tif", ".tiff", ".dng", ".mpo", ".heic", ".pfm")
@@ -71,15 +74,17 @@ def find_data_yaml(folder):
     return None
 
 
-def load_yolo(data_yaml, split="train", for_training=True, min_size=MIN_TRAIN_IMAGE_SIZE, verbose=True):
+def load_yolo(data_yaml, split="train", for_training=True, min_size=MIN_TRAIN_IMAGE_SIZE, verbose=True, scale=None):
     """Reads one split of a YOLO / Ultralytics detection dataset.
 
     Args:
         data_yaml: the ``data.yaml`` file, or a folder holding one.
         split: the ``data.yaml`` key of the split (``train``, ``val``, ``test``).
-        for_training, min_size: the training filters (``records.training_filter``); use
+        for_training, min_size: the training filters (``records.filter_records``); use
             ``for_training=False`` for evaluation.
         verbose: print the one-line summary.
+        scale: ``(long_max, short_max)`` of the keep-ratio resize the images will go through
+            (``None``: ``(1333, 800)``); images it would shrink to nothing are left out, named.
 
     Returns:
         A ``DetectionDataset`` (``format="yolo"``); ``image_id`` is the 1-based position of the
@@ -100,7 +105,8 @@ def load_yolo(data_yaml, split="train", for_training=True, min_size=MIN_TRAIN_IM
     category_ids = sorted(names)
     label_of = {key: i for i, key in enumerate(category_ids)}
     report = Report(
-        (UNKNOWN_CLASS, OUT_OF_IMAGE, DEGENERATE, MALFORMED, UNREADABLE_IMAGE, ORPHAN_LABELS, NO_BOXES, UNDER_MIN_SIZE)
+        (UNKNOWN_CLASS, OUT_OF_IMAGE, DEGENERATE, MALFORMED, UNREADABLE_IMAGE, ORPHAN_LABELS, NO_BOXES, UNDER_MIN_SIZE,
+         UNRESIZABLE)
     )
     records, used_labels = [], set()
     for folder in folders:
@@ -116,7 +122,7 @@ def load_yolo(data_yaml, split="train", for_training=True, min_size=MIN_TRAIN_IM
     dataset = DetectionDataset(
         annotation_file=data_yaml,
         image_dir=folders[0],
-        records=training_filter(records, for_training, min_size, report),
+        records=filter_records(records, for_training, min_size, report, scale),
         category_ids=category_ids,
         class_names=[names[key] for key in category_ids],
         problems=report.problems,
@@ -147,6 +153,8 @@ def _read_yaml(path):
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         raise ValueError(f"{path}: not valid YAML ({where}{getattr(e, 'problem', None) or e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: YAML nested too deeply to parse (a data.yaml needs 2 levels)") from None
     if not isinstance(config, dict):
         raise ValueError(f"YOLO dataset file {path}: expected a mapping with 'names', 'train', 'val'")
     return config

@@ -5,6 +5,15 @@ Per image it writes ``STEM.jpg`` (boxes drawn) and ``STEM.json``::
     {"file", "height", "width", "box_format": "xyxy, original image pixels",
      "detections": [{"box": [x1, y1, x2, y2], "confidence", "label", "class_name"}, ...]}
 
+Images are read by the library's one reader (``data.image_io``): the "original image" is the
+displayed frame (EXIF orientation applied), as every viewer shows the photo; ``height`` and
+``width`` are its size. An image the preset's keep-ratio resize would shrink to nothing (a side
+under 1 px, ``image_io.resize_problem``) is skipped and named, like an unreadable one.
+
+The input images are never written over: an output folder that is (or lies inside) an input
+folder, or an output file (picture, JSON or explanation) that would be an input image (symbolic
+links followed) is refused before anything is written, with or without ``--overwrite``.
+
 The JSON boxes are always xyxy pixels of the original image, whatever the preset's
 ``bounding_box_format`` (a file format is fixed; the detector's format is a Python-API choice).
 ``label`` is the 0-based class id, ``class_name`` its name (``null`` without names).
@@ -27,6 +36,7 @@ runtime (``gflv2_keras.export.runtimes``); pictures and JSON are the same as wit
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +44,7 @@ from gflv2_keras.inference.images import (
     ImageReadError,
     collect_image_paths,
     read_image,
+    resize_problem,
     set_max_image_pixels,
 )
 from gflv2_keras.models.precision import PRECISIONS, add_precision_argument
@@ -47,7 +58,10 @@ def register(subparsers):
     source.add_argument("--preset", help="preset name (see `gflv2 presets`) or preset folder")
     source.add_argument("--model", help="an exported model: folder or model file of `gflv2 export --format ...`")
     parser.add_argument(
-        "--output", default="predictions", help="output folder (default: ./predictions); never an input folder"
+        "--output",
+        default="predictions",
+        help="output folder (default: ./predictions); never an input folder nor one where an output would replace an "
+        "input image",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace output files (STEM.jpg, STEM.json, STEM_explain.png) already in --output"
@@ -85,7 +99,7 @@ def run(args):
     output = Path(args.output)
     stems = plan_output_stems(paths)
     suffixes = (".jpg", ".json") + (("_explain.png",) if args.explain is not None else ())
-    check_output_folder(args.inputs, output, stems, args.overwrite, suffixes)
+    check_output_folder(args.inputs, paths, output, stems, args.overwrite, suffixes)
 
     from gflv2_keras.inference.draw import draw_detections, draw_side_bands, draw_side_distributions
 
@@ -99,11 +113,16 @@ def run(args):
         raise UserError(f"--explain must be a detection index >= 0, got {args.explain}")
     detector = _load(args)
     names = detector.class_names
+    # Keep-ratio presets only; an export resizes to its fixed input size, which any image fits.
+    scale = getattr(detector, "input_scale", None)
     output.mkdir(parents=True, exist_ok=True)
     processed, skipped = 0, 0
     for index, (path, stem) in enumerate(zip(paths, stems), 1):
         try:
             loaded = read_image(path)
+            problem = resize_problem(*loaded.pixels.shape[:2], scale) if scale else None
+            if problem:
+                raise ImageReadError(path, problem)
         except ImageReadError as error:
             print(f"[{index}/{len(paths)}] skipped {error}", file=sys.stderr)
             skipped += 1
@@ -163,27 +182,70 @@ def plan_output_stems(paths):
     return stems
 
 
-def check_output_folder(inputs, output, stems, overwrite, suffixes=(".jpg", ".json")):
-    """Refuses an output folder that is (or lies inside) an input folder, and existing outputs.
+def check_output_folder(inputs, image_paths, output, stems, overwrite, suffixes=(".jpg", ".json")):
+    """Refuses outputs that would write over an input, and existing outputs without ``overwrite``.
 
-    Raises ``UserError`` naming the folder or the first files that would be replaced (those are
-    replaced only with ``overwrite``); nothing is written before this check.
+    Checked before anything is written (symbolic links resolved): ``output`` must not be a
+    file, nor be (or lie inside) an input folder; no output file ``output/STEM+SUFFIX`` may be
+    one of the input images, with or without ``overwrite`` (the same file through another
+    spelling or a case-insensitive file system counts too). Other existing output files are
+    replaced only with ``overwrite``.
+
+    Args:
+        inputs: the command's input arguments (files and folders).
+        image_paths: the image files found in them (``collect_image_paths``).
+        output: the output folder.
+        stems: the output stem of each image (``plan_output_stems``).
+        suffixes: what is written per stem.
+
+    Raises:
+        UserError: one line naming the folder or the file (the first three existing files).
     """
     from gflv2_keras.utils.cli import UserError
 
-    target = output.resolve()
+    try:
+        target = output.resolve()
+    except (RuntimeError, OSError) as error:  # a symbolic link loop (RuntimeError before Python 3.13)
+        raise UserError(f"--output {output}: cannot follow its symbolic links ({error})") from None
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--output {output} is a file, not a folder")
     for item in inputs:
-        folder = Path(item).resolve()
+        try:
+            folder = Path(item).resolve()
+        except (RuntimeError, OSError):
+            continue  # a link loop: reported by collect_image_paths, gives no image
         if folder.is_dir() and (target == folder or folder in target.parents):
             raise UserError(
                 f"--output {output} is inside the input folder {item}: the pictures would mix with (or replace) "
                 "your images; choose an output folder outside the inputs"
             )
-    existing = [output / f"{stem}{suffix}" for stem in stems for suffix in suffixes]
-    existing = [p for p in existing if p.exists()]
+    by_location = {Path(path).resolve(): path for path in image_paths}
+    by_inode = {_inode(location): path for location, path in by_location.items() if _inode(location)}
+    planned = [output / f"{stem}{suffix}" for stem in stems for suffix in suffixes]
+    for path in planned:
+        # os.replace swaps the folder entry itself, so the entry's own location (not a link's target) counts.
+        location = target / path.name
+        image = by_location.get(location) or by_inode.get(_inode(location))
+        if image is not None:
+            raise UserError(
+                f"--output {output}: {path} would be written over the input image {image}; "
+                "choose an output folder that holds none of the input images"
+            )
+    existing = [p for p in planned if p.exists()]
     if existing and not overwrite:
         shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
         raise UserError(f"{len(existing)} output file(s) already exist ({shown}); pass --overwrite to replace them")
+
+
+def _inode(path):
+    """``(device, inode)`` of the folder entry ``path`` itself (a link is not followed), or ``None``."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 def _uncertainty_record(detections, i, with_distribution):
     """The ``--box-uncertainty`` JSON fields of detection ``i`` (see the module docstring)."""
     from gflv2_keras.ops.box_distributions import SIDES

@@ -75,7 +75,7 @@ def test_predict_cli_writes_detections_in_original_pixels(tmp_path, capsys, nano
     # A preset in another bounding_box_format still writes xyxy pixels.
     relative = GFLV2Detector.from_preset(str(tmp_path / "preset"), bounding_box_format="rel_yxyx")
     relative.save_to_preset(tmp_path / "rel_preset")
-    assert json.loads((tmp_path / "rel_preset" / "config.json").read_text())["config"]["bounding_box_format"] == "rel_yxyx"
+    assert json.loads((tmp_path / "rel_preset" / "task.json").read_text())["config"]["bounding_box_format"] == "rel_yxyx"
     code = main(["predict", str(tmp_path / "a.png"), "--preset", str(tmp_path / "rel_preset"), "--output", str(tmp_path / "r")])
     assert code == 0
     assert json.loads((tmp_path / "r" / "a.json").read_text())["detections"] == dets
