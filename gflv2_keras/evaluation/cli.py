@@ -60,6 +60,7 @@ def run(args):
 
     from gflv2_keras.data.coco import check_image_files
     from gflv2_keras.data.formats import load_detection_dataset
+    from gflv2_keras.data.records import leave_out_unresizable
     from gflv2_keras.evaluation.backend import choose_backend
     from gflv2_keras.evaluation.coco_evaluator import evaluate, format_results
     from gflv2_keras.evaluation.plots import check_plot_paths
@@ -83,8 +84,9 @@ def run(args):
         if plots_dir:
             check_plot_paths(plots_dir, args.overwrite)
     check_image_files(dataset)
-    report_problems(dataset, metrics)
     detector = load_detector(args.preset, PRECISIONS[args.precision])
+    leave_out_unresizable(dataset, detector.input_scale)  # at the preset's own scale
+    report_problems(dataset, metrics)
     results = evaluate(detector, dataset, output_json=args.output, max_images=args.max_images, verbose=False,
                        backend=args.coco_backend, plots_dir=plots_dir, overwrite_plots=args.overwrite,
                        num_examples=args.examples, iou_threshold=args.iou_threshold,

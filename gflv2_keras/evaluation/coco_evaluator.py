@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gflv2_keras.data.coco import load_coco
+from gflv2_keras.data.image_io import ImageReadError, read_record_image
 from gflv2_keras.evaluation.backend import coco_score, summary_lines
 from gflv2_keras.evaluation.matching import analyse_errors
 from gflv2_keras.utils.files import atomic_write
@@ -252,8 +253,6 @@ def run_detector(detector, dataset, max_images=None, progress=True):
         (python floats / ints, JSON-ready). Images that cannot be read are skipped, logged with
         their id and file name, and put in ``dataset.unreadable``.
     """
-    import tensorflow as tf
-
     if dataset.for_training:
         logger.warning(
             "run_detector: %s was loaded with for_training=True, so images without boxes are not evaluated",
@@ -270,11 +269,11 @@ def run_detector(detector, dataset, max_images=None, progress=True):
     results = []
     for step, record in enumerate(records, 1):
         try:
-            image = tf.io.decode_image(tf.io.read_file(record["file_name"]), channels=3, expand_animations=False)
-        except (tf.errors.OpError, OSError) as e:
-            dataset.mark_unreadable(record, f"cannot be read or decoded ({type(e).__name__}: {_first_line(e)})")
+            image = read_record_image(record)  # the one reader: EXIF orientation, the record's frame
+        except ImageReadError as e:
+            dataset.mark_unreadable(record, f"cannot be read or decoded ({e.reason})")
         else:
-            output = detector.detect(image.numpy())
+            output = detector.detect(image)
             output = {**output, "boxes": _to_xyxy_pixels(output["boxes"], box_format, image.shape)}
             results.extend(_to_coco_results(output, record["image_id"], category_ids))
         if progbar is not None:
@@ -391,8 +390,3 @@ def _check_detections(coco_gt, detections, source):
                 f"detection {det}: 'category_id' is not a category of {source} "
                 f"(contiguous class indices must be mapped to category ids)"
             )
-
-
-def _first_line(error):
-    message = getattr(error, "message", None) or str(error)
-    return message.strip().splitlines()[0][:200] if message.strip() else type(error).__name__

@@ -72,6 +72,8 @@ def register(subparsers):
         help="largest image (width x height) decoded; larger ones are skipped (default: Pillow's 89,478,485)",
     )
     parser.add_argument("--draw-threshold", type=float, default=0.3, help="smallest score drawn (default 0.3)")
+    parser.add_argument("--hide-labels", action="store_true", help="draw the boxes without labels")
+    parser.add_argument("--hide-conf", action="store_true", help="labels name the class without the score")
     parser.add_argument(
         "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
     )
@@ -134,7 +136,8 @@ def run(args):
         else:
             detections = detector.detect(loaded.pixels, bounding_box_format="xyxy")
         shown = draw_side_bands(loaded.pixels, detections, args.draw_threshold) if uncertainty else loaded.pixels
-        picture = draw_detections(shown, detections, names, args.draw_threshold)
+        picture = draw_detections(shown, detections, names, args.draw_threshold,
+                                  hide_labels=args.hide_labels, hide_conf=args.hide_conf)
         record = {
             "file": str(path),
             "height": int(loaded.pixels.shape[0]),
