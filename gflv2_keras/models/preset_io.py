@@ -90,9 +90,7 @@ def load_detector(cls, preset, load_weights=True, **overrides):
         if classes:
             model = _with_classes(cls, model, preset, classes)
     if input_scale is not None:
-        from gflv2_keras.models.preprocessor import GFLV2ImageConverter, GFLV2ObjectDetectorPreprocessor
-
-        model.preprocessor = GFLV2ObjectDetectorPreprocessor(GFLV2ImageConverter(image_scale=input_scale))
+        model.preprocessor.image_converter.image_scale = tuple(int(v) for v in input_scale)
     return model
 
 

@@ -67,7 +67,7 @@ def test_one_command_fine_tunes_on_each_layout(layout, pretrained, data, tmp_pat
         assert (work_dir / name).is_file(), name
     recipe = json.loads((work_dir / "recipe.json").read_text())
     assert recipe["init_weights"] == pretrained and recipe["eval_every_epochs"] == 1
-    config = json.loads((work_dir / "preset" / "config.json").read_text())["config"]
+    config = json.loads((work_dir / "preset" / "task.json").read_text())["config"]  # the detector
     # VOC: sorted names; COCO (and the YOLO file written from it): category id order.
     expected = sorted(FINETUNE_CLASSES) if layout == "voc" else [FINETUNE_CLASSES[i] for i in np.argsort(SPARSE_IDS)]
     assert config["class_names"] == expected and config["num_classes"] == 2
