@@ -140,7 +140,7 @@ class GFLV2ObjectDetector(keras_hub.models.ObjectDetector):
         # Created here, not in compute_loss: Keras forbids new state once the model is built.
         self.loss_component_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
         self.predict_box_distributions = False  # set by ``predict`` for ``predict_step`` (Keras' loop)
-        self.accumulate_steps = 1  # micro-batches per optimizer update (``accumulated_train_step``)
+        self.accumulate_steps = 1  # micro-batches per optimizer update (``models.train_function``)
         self.build_for_inference()  # every weight exists from here on (keras-hub loads weights next)
         self.compile()
 
@@ -278,7 +278,7 @@ class GFLV2ObjectDetector(keras_hub.models.ObjectDetector):
             ``scale_loss_for_distribution``). The logged ``loss``/``qfl``/``dfl``/``giou`` are unscaled,
             so they read the same with any number of replicas.
         """
-        from gflv2_keras.losses.gfl_loss import gfl_loss, valid_point_mask
+        from gflv2_keras.losses.gfl_loss import gfl_loss, scale_for_replicas, valid_point_mask
 
         del training
         if sample_weight is not None:
@@ -318,98 +318,19 @@ class GFLV2ObjectDetector(keras_hub.models.ObjectDetector):
         total = losses["qfl"] + losses["dfl"] + losses["giou"]
         if self.losses:
             total = total + ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
-        return _scale_for_replicas(total)
+        return scale_for_replicas(total)
 
     def make_train_function(self, force=False):
-        """Keras' training function, traced once per exact input shape (one per training canvas).
-
-        Keras' own function takes the ``tf.data`` iterator inside one ``tf.function`` and so
-        sees the dataset's ``None`` height and width; ATSS and XLA need static ones. Here the
-        batch is taken from the iterator eagerly and the step (``train_step`` under the
-        strategy, XLA with ``jit_compile``) is a ``tf.function`` with ``reduce_retracing=False``,
-        so it is traced once per batch shape: the grouped training stream has a fixed set of
-        canvases (``data.canvas.training_canvases``), hence a bounded number of traces.
-        ``self.train_step_traces`` counts them. With ``accumulate_steps > 1`` the step is
-        ``accumulated_train_step``.
-        """
+        """On TensorFlow, the detector's own training function (``models.train_function``): the
+        batch is taken from the iterator eagerly and the step is traced once per batch shape
+        (ATSS and XLA need static heights and widths), with gradient accumulation when
+        ``accumulate_steps > 1``. On JAX and PyTorch, Keras' own (shapes are static there;
+        accumulation through the optimizer's ``gradient_accumulation_steps``)."""
         if keras.config.backend() != "tensorflow":
-            return super().make_train_function(force)  # JAX / PyTorch: batch shapes are static there
-        if self.train_function is not None and not force:
-            return self.train_function
-        import tensorflow as tf
+            return super().make_train_function(force)
+        from gflv2_keras.models.train_function import make_train_function
 
-        self.train_step_traces = 0
-
-        step = self.train_step if self.accumulate_steps == 1 else self.accumulated_train_step
-
-        def one_step_on_data(data):
-            self.train_step_traces += 1  # Python side effect: runs once per trace
-            outputs = self.distribute_strategy.run(step, args=(data,))
-            return _reduce_per_replica(outputs, self.distribute_strategy)
-
-        if not self.run_eagerly:
-            one_step_on_data = tf.function(one_step_on_data, reduce_retracing=False, jit_compile=self.jit_compile)
-
-        def function(iterator):
-            for _ in range(self.steps_per_execution):
-                outputs = one_step_on_data(next(iterator))
-            return outputs
-
-        self.train_function = function
-        return function
-
-    def accumulated_train_step(self, data):
-        """One optimizer update from ``accumulate_steps`` micro-batches of this replica's batch.
-
-        The replica's batch ``[N * B, H, W, 3]`` (and its targets) is split into ``N =
-        accumulate_steps`` consecutive micro-batches of ``B``; a ``tf.while_loop`` (one
-        micro-batch in memory at a time) sums their gradients, each of the micro-batch's own
-        loss (normalisers of that micro-batch), and the optimiser applies the *mean* once: the
-        update is that of the loss ``mean_n loss(micro-batch n)`` (and the mean over replicas as
-        usual). Coupled L2 and momentum enter once per update (``CoupledSGD.update_step``), the
-        ``iterations`` counter and the lr schedule count updates. With ``LossScaleOptimizer`` the
-        micro-batches share the update's loss scale and the whole update is skipped if any
-        gradient is non-finite.
-
-        Difference from ``N`` replicas of ``B`` (the official multi-GPU step): there the QFL
-        normaliser (positives) and the DFL / GIoU normaliser (sum of positive-point weights) are
-        means over the replicas (``losses.gfl_loss.replica_mean``), here each micro-batch divides
-        by its own. The two are equal when the micro-batches' normalisers are equal, and differ
-        by the spread of the normalisers otherwise (exactness would need a second forward pass).
-        """
-        import tensorflow as tf
-        from keras.src import tree
-        from keras.src.losses import loss as loss_module
-        from keras.src.trainers.data_adapters import data_adapter_utils
-
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-        steps, batch = self.accumulate_steps, x.shape[0]
-        if batch is None or batch % steps:
-            raise ValueError(
-                f"GFLV2Detector: a replica batch of {batch} images cannot be split into {steps} equal micro-batches"
-            )
-        micro = batch // steps
-
-        def split(t):
-            return ops.reshape(t, (steps, micro, *ops.shape(t)[1:]))
-
-        x_parts, y_parts = split(x), tree.map_structure(split, y)
-        variables = self.trainable_variables
-
-        def body(i, sums):
-            x_i, y_i = x_parts[i], tree.map_structure(lambda t: t[i], y_parts)
-            with tf.GradientTape() as tape:
-                y_pred = self(x_i, training=True)
-                loss = self._compute_loss(x=x_i, y=y_i, y_pred=y_pred, sample_weight=sample_weight, training=True)
-                self._loss_tracker.update_state(loss_module.unscale_loss_for_distribution(loss), sample_weight=micro)
-                loss = self.optimizer.scale_loss(loss)
-            grads = tape.gradient(loss, variables)
-            return i + 1, [s if g is None else s + ops.cast(g, s.dtype) for s, g in zip(sums, grads)]
-
-        zeros = [ops.zeros(v.shape, v.dtype) for v in variables]
-        _, sums = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), zeros), parallel_iterations=1)
-        self.optimizer.apply_gradients(zip([s / steps for s in sums], variables))
-        return self.get_metrics_result()
+        return make_train_function(self, force)
 
     @property
     def metrics(self):
@@ -627,23 +548,6 @@ def target_labels(y):
     if "classes" in y:
         return y["classes"]
     raise ValueError(f"GFLV2Detector: training targets have no 'labels' (keys: {sorted(y)})")
-
-
-def _scale_for_replicas(loss):
-    """``loss / num_replicas_in_sync`` of the current ``tf.distribute`` strategy (1: unchanged)."""
-    if keras.config.backend() != "tensorflow":
-        return loss
-    import tensorflow as tf
-
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return loss if replicas == 1 else loss * (1.0 / replicas)
-
-
-def _reduce_per_replica(outputs, strategy):
-    """Keras' ``reduce_per_replica(..., reduction="auto")`` of a step's logs."""
-    from keras.src.backend.tensorflow.trainer import reduce_per_replica
-
-    return reduce_per_replica(outputs, strategy, reduction="auto")
 
 
 def _static_hw(images):
