@@ -36,7 +36,10 @@ def binary_cross_entropy(probs, targets):
     log_not_p = _clamped_log(1.0 - probs)
     loss = -(targets * log_p + (1.0 - targets) * log_not_p)
 
-    def grad(upstream):
+    def grad(*args, upstream=None):
+        # Keras' calling convention: TensorFlow and JAX pass ``upstream`` positionally, PyTorch by keyword.
+        if upstream is None:
+            (upstream,) = args
         d_probs = (probs - targets) / ops.maximum(probs * (1.0 - probs), _BCE_GRAD_EPS)
         return upstream * d_probs, upstream * (log_not_p - log_p)
 

@@ -5,10 +5,14 @@ the normalisers and their two deliberate differences are in ``docs/parity.md`` (
 
 The official head computes the losses level by level and sums the levels; every per-level term
 is a sum over points with a global normaliser, so summing over all points at once is the same.
+
+Written with ``keras.ops``: the loss and ATSS run on the JAX, PyTorch and TensorFlow backends
+with the same values (``tests/losses/test_backends.py``). Only the two replica helpers know about
+``tf.distribute``, and only on the TensorFlow backend (elsewhere they return their input).
 """
 
+import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from gflv2_keras.assigners.atss import atss_assign
@@ -21,16 +25,44 @@ _MIN_WEIGHT_SUM = float(np.finfo(np.float32).tiny)
 
 
 def replica_mean(x):
-    """Mean of ``x`` over the replicas of the current ``tf.distribute`` replica context.
+    """Mean of ``x`` over the replicas of the current ``tf.distribute`` replica context (TensorFlow backend).
 
     All-reduces SUM and divides by ``num_replicas_in_sync`` (float division; the official
     ``reduce_mean`` of an int64 tensor floor-divided, ``docs/parity.md``). Outside a replica context,
-    or with a single replica, returns ``x`` unchanged.
+    with a single replica, or on another backend (JAX, PyTorch: no ``tf.distribute``), returns
+    ``x`` unchanged.
     """
+    if keras.config.backend() != "tensorflow":
+        return x
+    import tensorflow as tf
+
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync <= 1:
         return x
     return context.all_reduce(tf.distribute.ReduceOp.SUM, x) / context.num_replicas_in_sync
+
+
+def scale_for_replicas(loss):
+    """The loss a replica differentiates: ``loss / num_replicas_in_sync`` of the current ``tf.distribute`` strategy.
+
+    Under a ``tf.distribute`` strategy with ``R`` replicas Keras' optimizer *sums* the replicas'
+    gradients, and the loss of the global batch is the mean of the replicas' losses (their
+    normalisers are already replica means, ``replica_mean``), so each replica returns ``loss /
+    R`` (Keras' own ``compute_loss`` does the same). ``loss`` is unchanged with one replica and
+    on the JAX and PyTorch backends (no ``tf.distribute``). ``loss * num_replicas_in_sync``
+    (``replicas_in_sync()``) undoes it for logging.
+    """
+    replicas = replicas_in_sync()
+    return loss if replicas == 1 else loss * (1.0 / replicas)
+
+
+def replicas_in_sync():
+    """``num_replicas_in_sync`` of the current ``tf.distribute`` strategy (TensorFlow backend), else 1."""
+    if keras.config.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
 
 
 def valid_point_mask(sizes, strides, image_shapes):
@@ -107,6 +139,7 @@ def gfl_loss(
         ``{"qfl", "dfl", "giou"}`` scalar losses (dtype of ``box_logits``).
     """
     qfl_weight, dfl_weight, giou_weight = loss_weights
+    confidence, box_logits = ops.convert_to_tensor(confidence), ops.convert_to_tensor(box_logits)
     dtype = box_logits.dtype
     points = ops.cast(points, dtype)
     point_strides = ops.cast(point_strides, dtype)
@@ -142,4 +175,4 @@ def gfl_loss(
     return {"qfl": qfl_weight * qfl, "dfl": dfl_weight * dfl, "giou": giou_weight * giou}
 
 
-__all__ = ["replica_mean", "valid_point_mask", "gfl_loss"]
+__all__ = ["gfl_loss", "replica_mean", "replicas_in_sync", "scale_for_replicas", "valid_point_mask"]

@@ -14,17 +14,17 @@ class LearningRateLogger(keras.callbacks.Callback):
         super().__init__()
         self.schedule = schedule
 
-    def _lr(self):
+    def current_lr(self):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) - 1
         return float(keras.ops.convert_to_numpy(self.schedule(max(step, 0))))
 
     def on_train_batch_end(self, batch, logs=None):
         if logs is not None:
-            logs["lr"] = self._lr()
+            logs["lr"] = self.current_lr()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["lr"] = self._lr()
+            logs["lr"] = self.current_lr()
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
@@ -65,22 +65,22 @@ class StepTimer(keras.callbacks.Callback):
         self.total_seconds = 0.0
         self.steady_seconds = 0.0
         self.steady_steps = 0
-        self._first = True
-        self._start = None
+        self.first_step = True
+        self.step_started = None
 
     def on_train_begin(self, logs=None):
-        self._first = True
+        self.first_step = True
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
+        self.step_started = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        elapsed = time.perf_counter() - self._start
+        elapsed = time.perf_counter() - self.step_started
         self.total_seconds += elapsed
-        if not self._first:
+        if not self.first_step:
             self.steady_seconds += elapsed
             self.steady_steps += 1
-        self._first = False
+        self.first_step = False
 
     def images_per_second(self):
         """Steady-state images per second, or None before a second step of a fit."""

@@ -205,7 +205,10 @@ def _remove(path):
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """Saves a checkpoint every ``every_n_steps`` optimiser steps and at every epoch end.
+    """Saves a checkpoint every ``every_n_steps`` optimiser updates and at every epoch end.
+
+    Iterations are ``optimizer.iterations`` (updates; with gradient accumulation ``fit`` takes
+    ``N`` micro-batch steps per update and a checkpoint is taken right after the update).
 
     Place it after callbacks that add to the epoch logs (``CocoEvaluationCallback``) so their
     values enter the stored ``history``.
@@ -235,13 +238,19 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.write = write
         self.last_saved_iteration = None
         self.last_path = None
+        self.seen_iteration = None  # optimizer iteration at the end of the previous batch
 
     def on_train_begin(self, logs=None):
+        self.seen_iteration = self.iteration()
         if self.write:
             clean_temporary_files(self.directory)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_n_steps and self._iteration() % self.every_n_steps == 0:
+        # Only after a step that updated the weights: with gradient accumulation (``fit`` steps
+        # are micro-batches) the iteration stays put for N - 1 steps of N.
+        iteration = self.iteration()
+        updated, self.seen_iteration = iteration != self.seen_iteration, iteration
+        if updated and self.every_n_steps and iteration % self.every_n_steps == 0:
             self.save()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -251,7 +260,7 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def save(self, force=False):
         """Writes the checkpoint of the current iteration (once per iteration unless ``force``)."""
-        iteration = self._iteration()
+        iteration = self.iteration()
         if not self.write or (iteration == self.last_saved_iteration and not force):
             return None
         steps = self.run_state["steps_per_epoch"]
@@ -266,7 +275,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.last_saved_iteration = iteration
         return self.last_path
 
-    def _iteration(self):
+    def iteration(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
 

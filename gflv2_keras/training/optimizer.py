@@ -13,6 +13,8 @@ wd * w`` outside momentum, about 10x weaker at momentum 0.9), and its velocity a
 effect gradually. ``CoupledSGD`` follows the PyTorch rule exactly.
 """
 
+import re
+
 import keras
 from keras import ops
 
@@ -32,11 +34,18 @@ class CoupledSGD(keras.optimizers.Optimizer):
         nesterov: Nesterov momentum as PyTorch (``d = d + momentum * buf`` after the update
             of ``buf``).
         **kwargs: other ``keras.optimizers.Optimizer`` arguments (``name``, ``clipnorm``,
-            ``global_clipnorm``, ...). The official recipe uses no gradient clipping.
+            ``global_clipnorm``, ``gradient_accumulation_steps``, ...). The official recipe uses
+            no gradient clipping. With Keras' ``gradient_accumulation_steps=N`` (the accumulation
+            of ``training.trainer.compile_for_training`` on JAX and PyTorch) ``update_step`` runs
+            once per ``N`` micro-steps on their mean gradient, so coupled L2 and momentum enter
+            once per update; a learning-rate schedule must then be wrapped in
+            ``schedule.UpdateCountSchedule`` (Keras calls it with the micro-step count).
 
     The variables are ``iterations`` and one ``momentum`` buffer per trainable variable, so
-    the full state is saved by ``optimizer.variables``. Works under ``tf.distribute``
-    strategies (gradients are summed over replicas by Keras before ``update_step``) and XLA.
+    the full state is saved by ``optimizer.variables``. Works on the TensorFlow, JAX and PyTorch
+    backends, under ``tf.distribute`` strategies (gradients are summed over replicas by Keras
+    before ``update_step``) and XLA. Each variable finds its momentum buffer through the
+    optimizer's own index, built in ``build`` (``momentum_for``).
 
     Example:
         >>> from gflv2_keras.training.schedule import WarmupStepDecay
@@ -53,20 +62,56 @@ class CoupledSGD(keras.optimizers.Optimizer):
         self.momentum = float(momentum)
         self.coupled_weight_decay = float(weight_decay)
         self.nesterov = bool(nesterov)
+        # exclude_from_weight_decay: ids of the excluded variables (ids, not the variables, which
+        # the optimizer would otherwise track as its own) and the compiled name pattern.
+        self.decay_excluded_ids = set()
+        self.decay_excluded_names = None
+        self.variable_slots = {}  # id of a variable (or of its backend value / replica component) -> position
+        self.decays = []  # per position: whether coupled L2 applies
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Exclude variables from the coupled L2 decay (Keras' signature and matching rule).
+
+        Must be called before ``build``. ``var_list``: variables to exclude; ``var_names``:
+        strings, a variable is excluded when one of them occurs (as a regular expression) in
+        its ``name``. A new call replaces the previous exclusions.
+        """
+        if self.built:
+            raise ValueError("CoupledSGD.exclude_from_weight_decay() can only be configured before the optimizer is built.")
+        self.decay_excluded_ids = {key for v in (var_list or []) for key in _identities(v)}
+        self.decay_excluded_names = re.compile("|".join(sorted(set(var_names)))) if var_names else None
 
     def build(self, variables):
         if self.built:
             return
         super().build(variables)
         self.momentums = self.add_optimizer_variables(variables, "momentum") if self.momentum else []
+        slots, decays = {}, []
+        for position, variable in enumerate(variables):
+            keys = _identities(variable)
+            slots.update((key, position) for key in keys)
+            named = self.decay_excluded_names is not None and self.decay_excluded_names.search(variable.name)
+            decays.append(not named and self.decay_excluded_ids.isdisjoint(keys))
+        self.variable_slots, self.decays = slots, decays
+
+    def slot_of(self, variable):
+        """Position of ``variable`` (a trainable variable given to ``build``, or its backend value) in ``build``'s list."""
+        try:
+            return self.variable_slots[id(variable)]
+        except KeyError:
+            raise ValueError(
+                f"CoupledSGD: unknown variable {getattr(variable, 'name', variable)!r}: the optimizer was built "
+                "for other variables (create a new optimizer for a new model)"
+            ) from None
 
     def update_step(self, gradient, variable, learning_rate):
+        position = self.slot_of(variable)
         lr = ops.cast(learning_rate, variable.dtype)
         step = ops.cast(gradient, variable.dtype)
-        if self.coupled_weight_decay and self._use_weight_decay(variable):
+        if self.coupled_weight_decay and self.decays[position]:
             step = step + ops.cast(self.coupled_weight_decay, variable.dtype) * variable
         if self.momentum:
-            buf = self.momentums[self._get_variable_index(variable)]
+            buf = self.momentums[position]
             momentum = ops.cast(self.momentum, variable.dtype)
             new_buf = momentum * buf + step
             self.assign(buf, new_buf)
@@ -79,3 +124,21 @@ class CoupledSGD(keras.optimizers.Optimizer):
             {"momentum": self.momentum, "weight_decay": self.coupled_weight_decay, "nesterov": self.nesterov}
         )
         return config
+
+
+def _identities(variable):
+    """The ids under which ``update_step`` may receive ``variable``.
+
+    The Keras variable itself (JAX, PyTorch), its backend value (TensorFlow passes the
+    ``tf.Variable``), and under a ``tf.distribute`` strategy each replica's component
+    (``DistributedValues.values``: the strategy updates a mirrored variable one device at a time).
+    """
+    found = [variable]
+    value = getattr(variable, "value", None)
+    if value is not None and keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        found.append(value)
+        if isinstance(value, tf.distribute.DistributedValues):
+            found.extend(value.values)
+    return [id(v) for v in found]

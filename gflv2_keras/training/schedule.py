@@ -77,3 +77,38 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_iters": self.warmup_iters,
             "warmup_ratio": self.warmup_ratio,
         }
+
+
+@keras.saving.register_keras_serializable(package="gflv2_keras")
+class UpdateCountSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule`` evaluated at the number of optimizer *updates* under Keras' gradient accumulation.
+
+    With ``gradient_accumulation_steps=N`` a Keras optimizer calls its learning-rate schedule
+    with the micro-step counter (``N`` per update; the update of micro-step ``t`` happens when
+    ``(t + 1) % N == 0``) while ``optimizer.iterations`` counts updates. This wrapper gives
+    ``schedule(t // N)``, so update ``u`` (micro-step ``(u + 1) * N - 1``) uses ``schedule(u)``:
+    the lr of the update-counting recipe (warm-up and milestones in updates). Used on the JAX and
+    PyTorch backends (``trainer.compile_for_training``); the TensorFlow training function
+    accumulates by itself and counts updates directly.
+
+    Args:
+        schedule: a ``LearningRateSchedule`` of the update count (``WarmupStepDecay``).
+        steps: micro-batches per update (``gradient_accumulation_steps``), >= 1.
+    """
+
+    def __init__(self, schedule, steps):
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"UpdateCountSchedule: steps must be an integer >= 1, got {steps!r}")
+        self.schedule = schedule
+        self.steps = int(steps)
+
+    def __call__(self, step):
+        return self.schedule(ops.floor_divide(ops.convert_to_tensor(step), self.steps))
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "steps": self.steps}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(keras.saving.deserialize_keras_object(config.pop("schedule")), **config)

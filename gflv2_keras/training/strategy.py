@@ -1,4 +1,4 @@
-"""The ``tf.distribute`` side of training: which strategy, which process writes, how data is sharded.
+"""The ``tf.distribute`` side of training (TensorFlow only): which strategy, which process writes, how data is sharded.
 
 ``build_strategy`` maps the ``--strategy`` names to strategies (as ``official/common/distribute_utils.py
 get_distribution_strategy`` of TF Model Garden does); ``is_chief`` is the multi-worker rule for
@@ -43,8 +43,8 @@ def build_strategy(kind="none", cpu_devices=None):
 
     Args:
         kind: ``"none"`` (default strategy, one device), ``"mirrored"`` (all GPUs, or the CPU
-            split into ``cpu_devices`` logical devices), ``"multi-worker"``
-            (``MultiWorkerMirroredStrategy``; cluster and task from ``TF_CONFIG``).
+            split into ``cpu_devices`` logical devices), ``"multi-worker"`` (this module's
+            ``MultiWorkerMirroredStrategy``; cluster and task from ``TF_CONFIG``).
         cpu_devices: number of logical CPU devices for ``mirrored`` without GPUs.
     """
     if kind not in STRATEGIES:
@@ -60,7 +60,7 @@ def build_strategy(kind="none", cpu_devices=None):
         return tf.distribute.MirroredStrategy(devices=devices)
     if "TF_CONFIG" not in os.environ:
         raise ValueError("strategy 'multi-worker' needs the TF_CONFIG environment variable (cluster and task)")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return MultiWorkerMirroredStrategy()
 
 
 def is_chief(strategy):
@@ -74,63 +74,44 @@ def is_chief(strategy):
     return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
 
 
-def patch_keras_for_multi_worker(model, strategy):
-    """Lets Keras ``fit`` train ``model`` under ``MultiWorkerMirroredStrategy``; returns ``model``.
+class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """``tf.distribute.MultiWorkerMirroredStrategy`` whose ``reduce`` also takes a nested structure.
 
-    Keras 3's TensorFlow trainer fails twice under ``MultiWorkerMirroredStrategy``
-    (keras-team/keras#20585, #20329), both times in code that only reports, never trains:
-
-    - at the start of every ``fit`` it builds the model symbolically from the first batch, which
-      it first reduces over the replicas with ``strategy.reduce("MEAN", batch)``: that fails on a
-      nested (dict) batch ("Attempt to convert a value (PerReplica...)"). Only shapes and dtypes
-      matter there, so this worker's own first replica value serves (``model`` only);
-    - it averages the step's logs (``loss``, ``qfl`` ...) over the workers with
-      ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars ("Invalid reduction
-      dimension 0"): scalars are averaged with ``axis=None`` instead (the module function
-      ``reduce_per_replica`` of Keras' TensorFlow trainer is wrapped once; other strategies and
-      non-scalar values go to the original).
-
-    The gradients are all-reduced by the optimizer, untouched by either. Other strategies are
-    left alone.
+    ``MirroredStrategy.reduce`` reduces each element of a nested structure (tuple, dict) of
+    per-replica values; ``MultiWorkerMirroredStrategy.reduce`` does not (TensorFlow's "TODO:
+    support `value` being a nest") and fails with "Attempt to convert a value (PerReplica...)".
+    Keras 3's ``fit`` reduces the first batch of the dataset that way to build the model
+    symbolically (keras-team/keras#20585, #20329), so ``fit`` on a ``(images, {"boxes", "labels"})``
+    dataset fails under the stock strategy. This subclass reduces each element with the stock
+    ``reduce`` (one all-reduce per element, once per ``fit``), as ``MirroredStrategy`` does;
+    single values go to the stock ``reduce`` unchanged. ``build_strategy("multi-worker")``
+    returns it. (The other Keras failure under this strategy, the ``reduce(..., axis=0)`` of
+    scalar logs, is avoided by the detector's own training function,
+    ``models.train_function.reduce_logs``.)
     """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return model
-    _wrap_keras_reduce_per_replica()
 
-    def symbolic_build(iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, batches in iterator:
-                first = next(batches)
-                data_batch = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], first)
-                break
-        with strategy.scope():
-            model._symbolic_build(data_batch=data_batch)
-
-    model._maybe_symbolic_build = symbolic_build
-    return model
+    def reduce(self, reduce_op, value, axis):
+        if isinstance(value, tf.distribute.DistributedValues) or not tf.nest.is_nested(value):
+            return super().reduce(reduce_op, value, axis)
+        reduce_one = super().reduce
+        return tf.nest.map_structure(lambda v: reduce_one(reduce_op, v, axis), value)
 
 
-def _wrap_keras_reduce_per_replica():
-    from keras.src.backend.tensorflow import trainer as keras_trainer
+def check_strategy(strategy):
+    """``strategy``, or ``ValueError`` for a stock ``tf.distribute.MultiWorkerMirroredStrategy``.
 
-    original = keras_trainer.reduce_per_replica
-    if getattr(original, "_gflv2_multi_worker", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in ("auto", "mean")):
-            return original(values, strategy, reduction)
-
-        def reduce(value):
-            local = strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
-            if getattr(local, "shape", None) is not None and local.shape.rank == 0:
-                return strategy.reduce("MEAN", value, axis=None)
-            return original(value, strategy, reduction)
-
-        return tf.nest.map_structure(reduce, values)
-
-    reduce_per_replica._gflv2_multi_worker = True
-    keras_trainer.reduce_per_replica = reduce_per_replica
+    Keras ``fit`` cannot start under the stock one (see ``MultiWorkerMirroredStrategy``); build
+    it with ``build_strategy("multi-worker")`` or ``strategy.MultiWorkerMirroredStrategy()``.
+    """
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and not isinstance(
+        strategy, MultiWorkerMirroredStrategy
+    ):
+        raise ValueError(
+            "a stock tf.distribute.MultiWorkerMirroredStrategy cannot run Keras fit on detection batches "
+            "(keras-team/keras#20585): use gflv2_keras.training.strategy.MultiWorkerMirroredStrategy() "
+            'or build_strategy("multi-worker")'
+        )
+    return strategy
 
 
 def shard_for(strategy, dataset):
@@ -183,6 +164,9 @@ def _tf_variable(variable):
 
 
 LOST_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+# "{{function_node __wrapped__CollectiveReduceV2_..._device_/job:worker/replica:0/task:0/device:CPU:0}}":
+# the op that failed and *this* task's device, not a lost one.
+FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 
 
 def lost_worker_message(error, work_dir=None):
@@ -190,14 +174,16 @@ def lost_worker_message(error, work_dir=None):
     ``DeadlineExceededError`` / ``AbortedError`` / ``CancelledError``), or None for other errors.
 
     Names the lost task(s) when TensorFlow's message does ("stopped sending heartbeats:
-    /job:worker/replica:0/task:1" -> "worker 1") and says how to continue.
+    /job:worker/replica:0/task:1" -> "worker 1"; the device of the failed op, ``{{function_node
+    ..._device_/job:worker/replica:0/task:0...}}``, is this task's and is ignored) and says how to
+    continue.
     """
     if not isinstance(
         error,
         (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError, tf.errors.CancelledError),
     ):
         return None
-    text = str(getattr(error, "message", error))
+    text = FUNCTION_NODE.sub("", str(getattr(error, "message", error)))
     lost = sorted({f"{job} {task}" for job, task in LOST_TASK.findall(text.split("unhealthy", 1)[-1])})
     who = ", ".join(lost) if lost else "a peer"
     detail = text.strip().splitlines()[0] if text.strip() else type(error).__name__

@@ -16,12 +16,15 @@ as detectron2's ``detectron2/engine/defaults.py DefaultTrainer`` (``build_model`
    and flip are functions of ``(seed, epoch, position)``, so it can start at any iteration),
    of orientation-grouped batches each zero-padded to the smallest of a few static canvases
    (``data.grouping.build_grouped_dataset``, ``data.canvas.training_canvases``): one compiled
-   training step per canvas;
+   training step per canvas. With ``accumulate = N`` each global batch is cut into ``N``
+   consecutive micro-batches of ``replicas x batch_per_replica`` images, which ``fit`` sees as
+   ``N`` steps (one optimizer update);
 2. ``build_schedule``: ``WarmupStepDecay`` with the lr scaled to the global batch;
 3. ``build_model``: the preset's ``GFLV2Detector`` under ``strategy.scope()`` (frozen stages and
    BatchNorm behaviour from the preset config) with the dataset's classes, its initial weights
    (``init_weights`` or an ImageNet backbone), compiled with ``CoupledSGD``, optionally with
-   XLA; the stock ``train_step`` (``GFLV2Detector.compute_loss`` owns the loss);
+   XLA; the detector's training function (``models.train_function`` on TensorFlow,
+   ``GFLV2Detector.compute_loss`` owns the loss);
 4. ``restore_or_start``: with ``resume``, the newest valid checkpoint after checking it belongs
    to this run; the chief creates the work dir and writes ``recipe.json``;
 5. ``build_callbacks``: lr in the logs, COCO evaluation on the val split, checkpoints (every N
@@ -55,14 +58,8 @@ from gflv2_keras.training.curves import draw_curve
 from gflv2_keras.training.optimizer import CoupledSGD
 from gflv2_keras.training.options import resolve_run
 from gflv2_keras.training.precision import dtype_policy_scope, wrap_for_precision
-from gflv2_keras.training.schedule import WarmupStepDecay, scale_learning_rate
-from gflv2_keras.training.strategy import (
-    broadcast_from_chief,
-    build_strategy,
-    is_chief,
-    patch_keras_for_multi_worker,
-    shard_for,
-)
+from gflv2_keras.training.schedule import UpdateCountSchedule, WarmupStepDecay, scale_learning_rate
+from gflv2_keras.training.strategy import broadcast_from_chief, build_strategy, check_strategy, is_chief, shard_for
 
 # Run facts that must be equal in a checkpoint and the run resuming from it.
 RESUME_MUST_MATCH = ("steps_per_epoch", "global_batch_size", "shuffle_seed", "preset")
@@ -106,15 +103,17 @@ class TrainingData:
         dataset: the ``DetectionDataset`` of the training split (any layout).
         global_batch_size: images per optimizer update over all replicas and accumulated
             micro-batches (``batch_per_replica x replicas x accumulate``).
-        steps_per_epoch: one pass over the usable images, or the ``steps_per_epoch`` cap.
+        steps_per_epoch: optimizer updates of one pass over the usable images, or the
+            ``steps_per_epoch`` cap.
         epochs: epochs of the run.
         canvases: the ``(H, W)`` sizes a batch is zero-padded to (the smallest that fits it).
-        stream: ``stream(skip_batches)`` -> the endless ``tf.data.Dataset`` of global batches
-            (``images [B, H, W, 3]`` float32 with ``(H, W)`` one of ``canvases``, ``targets``
-            of ``data.pipeline.build_dataset``)
-            starting at global batch ``skip_batches``.
+        stream: ``stream(skip_batches)`` -> the endless ``tf.data.Dataset`` of the batches
+            ``fit`` takes (``images [B, H, W, 3]`` float32 with ``(H, W)`` one of ``canvases``,
+            ``targets`` of ``data.pipeline.build_dataset``; ``B = global_batch_size /
+            accumulate``), starting at global batch (optimizer update) ``skip_batches``.
         val_dataset: the validation ``DetectionDataset`` (``for_training=False``), or None when
             the run does not evaluate.
+        accumulate: micro-batches (``fit`` steps) per optimizer update.
     """
 
     dataset: object
@@ -124,6 +123,12 @@ class TrainingData:
     canvases: tuple
     stream: Callable
     val_dataset: object = None
+    accumulate: int = 1
+
+    @property
+    def micro_batch_size(self):
+        """Images of one ``fit`` step over all replicas (``global_batch_size / accumulate``)."""
+        return self.global_batch_size // self.accumulate
 
     @property
     def total_iterations(self):
@@ -152,7 +157,7 @@ class Trainer:
         strategy = options.strategy
         if not isinstance(strategy, tf.distribute.Strategy):
             strategy = build_strategy(strategy, options.cpu_devices)
-        self.strategy = strategy
+        self.strategy = check_strategy(strategy)
         self.chief = is_chief(strategy)
         self.run_id = None  # set by restore_or_start: new, or the resumed run's
 
@@ -205,18 +210,26 @@ class Trainer:
                 raise ValueError(f"{val_dataset.annotation_file}: the validation split has no image (or pass --no-eval)")
         elif self.options.evaluate and recipe["eval_every_epochs"]:
             print("[train] evaluation off: the recipe has no validation data (val_data)")
-        # With accumulation a stream batch holds the N micro-batches of one update (the official
-        # global batch), split inside the step (GFLV2Detector.make_train_function).
-        global_batch = recipe["batch_per_replica"] * self.strategy.num_replicas_in_sync * self.options.accumulate
+        # With accumulation the grouped batch holds the N micro-batches of one update (the official
+        # global batch, one canvas); the stream cuts it into the N micro-batches fit takes.
+        accumulate = self.options.accumulate
+        global_batch = recipe["batch_per_replica"] * self.strategy.num_replicas_in_sync * accumulate
         steps = grouped_epoch_steps(dataset, global_batch)  # reads the image headers: finds unreadable files
         self.write_data_problems(dataset, val_dataset)
         if self.options.steps_per_epoch:
             steps = min(steps, self.options.steps_per_epoch)
         canvases = tuple(training_canvases(recipe["scale"], recipe["multiscale_range"]))
         stream = functools.partial(
-            training_stream, dataset, recipe, global_batch, canvases, self.options.max_boxes, self.strategy
+            training_stream,
+            dataset,
+            recipe,
+            global_batch,
+            canvases,
+            self.options.max_boxes,
+            self.strategy,
+            accumulate=accumulate,
         )
-        return TrainingData(dataset, global_batch, steps, recipe["epochs"], canvases, stream, val_dataset)
+        return TrainingData(dataset, global_batch, steps, recipe["epochs"], canvases, stream, val_dataset, accumulate)
 
     @property
     def evaluates(self):
@@ -290,7 +303,7 @@ class Trainer:
                 precision=self.options.precision,
                 accumulate=self.options.accumulate,
             )
-        return patch_keras_for_multi_worker(model, self.strategy)
+        return model
 
     def run_state(self, data, schedule):
         """The fixed facts of the run stored in every checkpoint (``RESUME_MUST_MATCH`` among them)."""
@@ -357,7 +370,7 @@ class Trainer:
             history=history,
             write=self.chief,
         )
-        timer = StepTimer(data.global_batch_size)
+        timer = StepTimer(data.micro_batch_size)  # images per fit step
         callbacks = [NonFiniteGuard(), LearningRateLogger(schedule)]
         if data.val_dataset is not None:
             from gflv2_keras.evaluation.callback import CocoEvaluationCallback
@@ -386,6 +399,8 @@ class Trainer:
 
         A resumed, partly done epoch runs its remaining steps as a ``fit`` of its own, so that
         epoch numbers, epoch-end checkpoints and evaluations stay those of the original run.
+        Iterations are optimizer updates; ``fit`` counts micro-batches (``accumulate`` per
+        update), so an epoch is ``steps_per_epoch x accumulate`` ``fit`` steps.
         """
         steps, iteration = data.steps_per_epoch, start
         while iteration < data.total_iterations:
@@ -395,7 +410,7 @@ class Trainer:
                 data.stream(iteration),
                 initial_epoch=epoch,
                 epochs=last_epoch,
-                steps_per_epoch=steps - done,
+                steps_per_epoch=(steps - done) * data.accumulate,
                 callbacks=callbacks,
                 verbose=self.options.verbose,
                 shuffle=False,  # the stream is already in its (seeded, resumable) order
@@ -432,15 +447,17 @@ class Trainer:
         return preset_dir
 
 
-def training_stream(dataset, recipe, global_batch_size, canvases, max_boxes, strategy, skip_batches=0):
+def training_stream(dataset, recipe, global_batch_size, canvases, max_boxes, strategy, skip_batches=0, accumulate=1):
     """The endless training stream from global batch ``skip_batches`` on, on the static ``canvases``.
 
     Batches are orientation-grouped and padded to the smallest canvas that holds them
     (``data.grouping.build_grouped_dataset``); order, grouping, scale and flip are functions of
     ``(seed, epoch, position)``, so the stream started at ``skip_batches = iteration`` is the one
-    an uninterrupted run sees from that iteration (exact resume). Batches are ``images
+    an uninterrupted run sees from that iteration (exact resume). Global batches are ``images
     [global_batch_size, H, W, 3]`` float32 with ``(H, W)`` in ``canvases`` and the targets of
-    ``build_dataset`` (``max_boxes`` boxes per image, or the largest count of the batch).
+    ``build_dataset`` (``max_boxes`` boxes per image, or the largest count of the batch); with
+    ``accumulate = N`` each is cut into ``N`` consecutive micro-batches of ``global_batch_size /
+    N`` images (same canvas), the ``fit`` steps of one optimizer update.
     """
     from gflv2_keras.data.grouping import build_grouped_dataset
 
@@ -456,6 +473,8 @@ def training_stream(dataset, recipe, global_batch_size, canvases, max_boxes, str
         skip_batches=skip_batches,
         canvases=list(canvases),
     )
+    if accumulate > 1:
+        stream = stream.rebatch(global_batch_size // accumulate, drop_remainder=True)
     return shard_for(strategy, stream)
 
 
@@ -473,17 +492,34 @@ def compile_for_training(
         jit_compile: compile the training step with XLA.
         precision: ``"float16"`` wraps the optimiser in ``LossScaleOptimizer``
             (``precision.wrap_for_precision``); the other names leave it as is.
-        accumulate: micro-batches per update (``GFLV2Detector.accumulate_steps``): each batch
-            given to ``fit`` is split into ``accumulate`` equal micro-batches whose mean gradient
-            makes one update.
+        accumulate: micro-batches per optimizer update, ``N >= 1``. Every ``fit`` step is one
+            micro-batch; every ``N``-th step applies ``CoupledSGD`` once to the mean of the last
+            ``N`` micro-batch gradients (each micro-batch's loss with its own normalisers), so
+            coupled L2 and momentum enter once per update and ``optimizer.iterations`` and the
+            lr schedule count updates. TensorFlow: the detector's training function accumulates
+            (``models.train_function``, ``model.accumulate_steps = N``; Keras' own option
+            cannot run under ``tf.distribute`` strategies). JAX / PyTorch: Keras'
+            ``gradient_accumulation_steps=N`` with the schedule wrapped in
+            ``UpdateCountSchedule``. With ``LossScaleOptimizer`` on TensorFlow a non-finite mean
+            gradient skips the whole update; on JAX / PyTorch Keras skips (and does not count)
+            the non-finite micro-batch.
 
     Returns:
         the optimiser, whose variables exist (so a checkpoint can be restored into them).
     """
     if not model.built:
         raise ValueError("compile_for_training: build the model first (model.build_for_inference())")
-    optimizer = wrap_for_precision(CoupledSGD(learning_rate, momentum=momentum, weight_decay=weight_decay), precision)
-    model.accumulate_steps = int(accumulate)
+    if int(accumulate) != accumulate or accumulate < 1:
+        raise ValueError(f"compile_for_training: accumulate must be an integer >= 1, got {accumulate!r}")
+    accumulate, options = int(accumulate), {}
+    in_train_function = keras.config.backend() == "tensorflow"
+    if accumulate > 1 and not in_train_function:
+        options["gradient_accumulation_steps"] = accumulate
+        if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            learning_rate = UpdateCountSchedule(learning_rate, accumulate)
+    optimizer = CoupledSGD(learning_rate, momentum=momentum, weight_decay=weight_decay, **options)
+    optimizer = wrap_for_precision(optimizer, precision)
+    model.accumulate_steps = accumulate if in_train_function else 1  # read by models.train_function
     model.compile(optimizer=optimizer, jit_compile=bool(jit_compile))
     optimizer.build(model.trainable_variables)
     return optimizer

@@ -1,4 +1,5 @@
-"""One step on 2 logical CPU replicas equals one step on 1 replica with the same global batch.
+"""One step on 2 logical CPU replicas equals one step on 1 replica with the same global batch, and so
+does one update accumulated from 2 micro-batches (``accumulate=2``, ``models.train_function``).
 
 Logical CPU devices must be configured before TensorFlow initialises, so the comparison runs in
 a fresh subprocess. BatchNorm statistics are frozen (``norm_eval=True``, as in every official
@@ -24,6 +25,7 @@ SCRIPT = textwrap.dedent(
     import keras
     from gflv2_keras.training.strategy import build_strategy
     from gflv2_keras.training.optimizer import CoupledSGD
+    from gflv2_keras.training.trainer import compile_for_training
     from gflv2_keras.models.detector import GFLV2Detector
 
     mirrored = build_strategy("mirrored", cpu_devices=2)
@@ -51,21 +53,41 @@ SCRIPT = textwrap.dedent(
     }
     initial = GFLV2Detector(**config).build_for_inference().get_weights()
 
-    def one_step(strategy):
+    # A second micro-batch for accumulation: the same images flipped left-right, boxes mirrored.
+    flipped = {"boxes": np.where(boxes[..., :1] >= 0, np.stack([128 - boxes[..., 2], boxes[..., 1],
+                                                                  128 - boxes[..., 0], boxes[..., 3]], -1), -1.0),
+               "labels": labels, "image_shape": image_shape}
+    two_micro_batches = dataset.concatenate(tf.data.Dataset.from_tensors((images[:, :, ::-1], flipped)))
+
+    def one_step(strategy, accumulate=1):
         with strategy.scope():
             model = GFLV2Detector(**config).build_for_inference()
             model.set_weights(initial)
-            model.compile(optimizer=CoupledSGD(0.5, momentum=0.9, weight_decay=1e-4))
-        history = model.fit(dataset, epochs=1, verbose=0).history
+            if accumulate == 1:
+                model.compile(optimizer=CoupledSGD(0.5, momentum=0.9, weight_decay=1e-4))
+            else:
+                compile_for_training(model, 0.5, momentum=0.9, weight_decay=1e-4, accumulate=accumulate)
+        data = dataset if accumulate == 1 else two_micro_batches
+        history = model.fit(data, epochs=1, verbose=0).history
+        assert int(model.optimizer.iterations.numpy()) == 1
         return model, {k: float(v[-1]) for k, v in history.items()}
+
+    def compare(single, double):
+        deltas = []
+        for w0, w1, w2 in zip(initial, single.get_weights(), double.get_weights()):
+            d1, d2 = w1 - w0, w2 - w0
+            deltas.append((float(np.abs(d1).max()), float(np.abs(d1 - d2).max())))
+        return deltas
 
     single, single_logs = one_step(tf.distribute.get_strategy())
     double, double_logs = one_step(mirrored)
-    deltas = []
-    for w0, w1, w2 in zip(initial, single.get_weights(), double.get_weights()):
-        d1, d2 = w1 - w0, w2 - w0
-        deltas.append((float(np.abs(d1).max()), float(np.abs(d1 - d2).max())))
-    print("RESULT " + json.dumps({"single": single_logs, "double": double_logs, "deltas": deltas}))
+    single_acc, single_acc_logs = one_step(tf.distribute.get_strategy(), accumulate=2)
+    double_acc, double_acc_logs = one_step(mirrored, accumulate=2)
+    print("RESULT " + json.dumps({
+        "single": single_logs, "double": double_logs, "deltas": compare(single, double),
+        "single_acc": single_acc_logs, "double_acc": double_acc_logs, "deltas_acc": compare(single_acc, double_acc),
+        "acc_vs_plain": compare(single, single_acc),
+    }))
     """
 )
 
@@ -78,14 +100,17 @@ def test_two_replicas_match_one_replica_on_the_same_global_batch():
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT ") :])
-    for name in ("loss", "qfl", "dfl", "giou"):
-        assert out["double"][name] == _approx(out["single"][name]), name
-    largest_step = max(step for step, _ in out["deltas"])
-    assert largest_step > 1e-3  # the step moved the weights
-    # Same update everywhere: a loss scaled by the replica count (the Keras default for a
-    # hand-written compute_loss without replica scaling) would double every trainable delta.
-    for step, difference in out["deltas"]:
-        assert difference <= 1e-4 * largest_step + 1e-6, (step, difference)
+    for single, double, deltas in (("single", "double", "deltas"), ("single_acc", "double_acc", "deltas_acc")):
+        for name in ("loss", "qfl", "dfl", "giou"):
+            assert out[double][name] == _approx(out[single][name]), (double, name)
+        largest_step = max(step for step, _ in out[deltas])
+        assert largest_step > 1e-3  # the step moved the weights
+        # Same update everywhere: a loss scaled by the replica count (the Keras default for a
+        # hand-written compute_loss without replica scaling) would double every trainable delta.
+        for step, difference in out[deltas]:
+            assert difference <= 1e-4 * largest_step + 1e-6, (deltas, step, difference)
+    # The accumulated update is another update (the mean with the flipped micro-batch's gradient).
+    assert max(difference for _, difference in out["acc_vs_plain"]) > 1e-4
 
 
 def _approx(value):
