@@ -67,6 +67,8 @@ def test_pr_picture_draws_the_all_classes_curve(case_with_an_empty_class):
 class NoisyDetector:
     """The i-th call returns the i-th record's boxes, jittered, one label changed, one box on background."""
 
+    input_scale = (1333, 800)  # the evaluation CLI checks image sizes at the detector's scale
+
     def __init__(self, records, num_classes, seed=0):
         rng = np.random.default_rng(seed)
         self.outputs, self.calls = [], 0
