@@ -111,21 +111,25 @@ def reduce_logs(logs, strategy):
     Floating values are averaged over the replicas, element-wise: over this process' replicas
     (``experimental_local_results``, as Keras), and under ``MultiWorkerMirroredStrategy`` over
     the replicas of all workers with ``strategy.reduce("MEAN", value, axis=None)`` (Keras' own
-    ``axis=0`` fails on scalars there, keras-team/keras#20329). Other values, and every value
-    under ``TPUStrategy`` (where Keras takes the first replica's), are the first local
-    replica's. Values that are not per-replica are returned as they are.
+    ``axis=0`` fails on scalars there, keras-team/keras#20329; with one replica per worker the
+    values are not even per-replica objects, yet differ between workers). Other values, and
+    every value under ``TPUStrategy`` (where Keras takes the first replica's), are the first
+    local replica's.
     """
     first_only = isinstance(strategy, tf.distribute.TPUStrategy)
     across_workers = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
     def reduce(value):
-        if not isinstance(value, tf.distribute.DistributedValues):
-            return value
         local = strategy.experimental_local_results(value)
-        if first_only or not local[0].dtype.is_floating:
+        dtype = getattr(local[0], "dtype", None)
+        if first_only or dtype is None or not tf.as_dtype(dtype).is_floating:
             return local[0]
         if across_workers:
+            # Also when ``value`` is a plain tensor: with one replica per worker ``strategy.run``
+            # returns this worker's value unwrapped, and it still has to be averaged over workers.
             return strategy.reduce("MEAN", value, axis=None)
+        if not isinstance(value, tf.distribute.DistributedValues):
+            return value
         return tf.reduce_mean(tf.stack(local), axis=0)
 
     return keras.tree.map_structure(reduce, logs)
