@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Component-level checks; the default run keeps the whole-detector one (tests/backends).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
@@ -33,6 +36,7 @@ from gflv2_keras.layers.walk import sublayers
 from gflv2_keras.models.backbones.resnet import ResNetBackbone
 from gflv2_keras.models.fpn import FPN
 from gflv2_keras.models.gfl_head import GFLHead
+
 
 
 def seeded(layers, seed):

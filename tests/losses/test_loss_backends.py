@@ -17,6 +17,9 @@ import pytest
 
 from test_gfl_loss import NUM_CLASSES, make_batch  # tests/losses is on sys.path (pytest rootdir import)
 
+# Component-level checks; the default run keeps the whole-detector one (tests/backends).
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCRIPT = textwrap.dedent(

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Component-level checks; the default run keeps the whole-detector one (tests/backends).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 5
 
@@ -28,6 +31,7 @@ from gflv2_keras.models.preprocessing import preprocess_images
 from gflv2_keras.ops.boxes import anchor_points
 from gflv2_keras.ops.nms import per_class_nms
 from gflv2_keras.ops.postprocess import postprocess
+
 
 inputs = dict(np.load(sys.argv[1]))
 sizes = [tuple(int(v) for v in hw) for hw in inputs["sizes"]]

@@ -21,6 +21,9 @@ from test_optimizer_schedule import _problem, torch_sgd_reference  # tests/train
 
 from gflv2_keras.training.schedule import WarmupStepDecay
 
+# Component-level checks; the default run keeps the whole-detector one (tests/backends).
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEDULE = {"base_lr": 0.2, "milestones": [2], "warmup_iters": 2, "warmup_ratio": 0.1}
 DECAY, MOMENTUM = 1e-2, 0.9
