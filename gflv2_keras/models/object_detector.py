@@ -385,38 +385,9 @@ class GFLV2ObjectDetector(keras_hub.models.ObjectDetector):
         return {key: np.concatenate([np.asarray(part[key]) for part in parts]) for key in parts[0]}
 
     def detect_batch(self, images, bounding_box_format=None, canvas=None, return_box_distributions=False, network=None):
-        """Preprocess, run and post-process a batch of equally sized uint8 images (graph-safe).
-
-        Args:
-            images: uint8 RGB ``[B, H, W, 3]``.
-            bounding_box_format: format of the returned boxes; ``None`` means the detector's
-                ``bounding_box_format`` (the SavedModel export asks for ``"xyxy"``).
-            canvas: the static padded network size ``(Hp, Wp)`` (``preprocessing.canvas_size``);
-                ``None`` uses it when ``H`` and ``W`` are static, else pads in the graph (export).
-            return_box_distributions: also return what the head knew about each kept box,
-                computed after NMS for the kept detections only (off by default; see
-                ``docs/box_uncertainty.md``).
-            network: callable ``[B, Hp, Wp, 3]`` float → the outputs of ``self(x)``; default the
-                portable ``self(x, training=False)`` (what exports trace). ``detect``/``predict``
-                pass their optimised one (``models.fast_inference.InferenceFunctions.network``).
-
-        The network runs with frozen BatchNorms folded into their convolutions. Decoding and
-        NMS are float32 whatever the dtype policy.
-
-        Returns:
-            ``{"boxes": [B, K, 4] of the original images, "confidence": [B, K], "labels": [B, K]
-            int32, "num_detections": [B] int32}`` with ``K = max_detections``; rows past
-            ``num_detections`` are -1 in every field. With ``return_box_distributions``, also
-            (float32, sides ordered left, top, right, bottom, pixels of the ORIGINAL image
-            whatever ``bounding_box_format``; ``ops.box_distributions.kept_box_distributions``):
-            ``"classification" [B, K]`` class probability, ``"quality" [B, K]`` DGQP quality
-            (GFLv2 only; ``confidence = classification * quality``), ``"side_offsets" [B, K, 4]``
-            expected anchor-to-side distances (what the box uses), ``"side_std" [B, K, 4]``
-            their standard deviations, ``"side_topk_mass" [B, K, 4]`` mass of the top-``reg_topk``
-            bins (what DGQP reads), ``"side_distributions" [B, K, 4, reg_max + 1]`` bin
-            probabilities, ``"bin_widths" [B, K, 4]`` one bin in pixels, ``"anchor_points"
-            [B, K, 2]`` ``(x, y)``.
-        """
+        """Preprocess, run and post-process a batch of equally sized uint8 ``[B, H, W, 3]`` images
+        (graph-safe): ``models.detection_graph.detect_batch``, whose docstring states the arguments
+        and the outputs."""
         from gflv2_keras.models.detection_graph import detect_batch
 
         return detect_batch(self, images, bounding_box_format, canvas, return_box_distributions, network)
