@@ -178,6 +178,7 @@ def run_inference_benchmark(
     from gflv2_keras import GFLV2Detector
     from gflv2_keras.convert import convert_state_dict
     from gflv2_keras.models.preprocessing import canvas_size
+    from gflv2_keras.models.preset_io import preset_config
 
     torch_threads = torch_threads or os.cpu_count()
     if repeats < 1:
@@ -212,7 +213,8 @@ def run_inference_benchmark(
         GFLV2Detector.from_preset(preset, load_weights=False).build_for_inference(), *canvas
     )
     if with_torch:
-        config = {k: first.get_config()[k] for k in ("backbone", "num_classes", "fpn_channels", "head")}
+        flat_config = preset_config(preset)[0]  # the flat form the PyTorch twin is built from
+        config = {k: flat_config[k] for k in ("backbone", "num_classes", "fpn_channels", "head")}
 
         def load_into_detectors(state):
             arrays = {k: v.numpy() for k, v in state.items()}

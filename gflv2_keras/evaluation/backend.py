@@ -108,16 +108,7 @@ def coco_score(coco_gt, detections, image_ids=None, backend="auto"):
     name = choose_backend(backend)
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        if name == FASTER:
-            from faster_coco_eval import COCO, COCOeval_faster
-
-            dataset = coco_gt.dataset
-            gt = COCO({**dataset, "annotations": [dict(a) for a in dataset.get("annotations", [])]})
-            coco_eval = COCOeval_faster(gt, gt.loadRes(copy.deepcopy(detections)), "bbox")
-        else:
-            from pycocotools.cocoeval import COCOeval
-
-            coco_eval = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(detections)), "bbox")
+        coco_eval = _cocoeval(name, coco_gt, detections)
         if image_ids is not None:
             coco_eval.params.imgIds = sorted(int(i) for i in image_ids)
         coco_eval.evaluate()
@@ -126,6 +117,20 @@ def coco_score(coco_gt, detections, image_ids=None, backend="auto"):
     stats = [float(v) for v in np.asarray(coco_eval.stats)[: len(SUMMARY_ROWS)]]
     precision = np.asarray(coco_eval.eval["precision"], np.float64)
     return CocoScore(stats, precision, name, time.perf_counter() - start)
+
+
+def _cocoeval(name, coco_gt, detections):
+    """A bbox ``COCOeval`` of backend ``name`` on ``coco_gt`` and a copy of ``detections``."""
+    if name == FASTER:
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
+
+        # faster-coco-eval indexes its own COCO object and writes into annotation dicts: give it copies.
+        dataset = coco_gt.dataset
+        coco_gt = COCO({**dataset, "annotations": [dict(a) for a in dataset.get("annotations", [])]})
+    else:
+        from pycocotools.cocoeval import COCOeval
+    return COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(detections)), "bbox")
 
 
 def summary_lines(stats):

@@ -26,25 +26,25 @@ def pixel_problem(pixels, rank):
     return None
 
 
-def validate_image(image, name="image"):
-    """Check one image is uint8 RGB ``[H, W, 3]``; raise a ``ValueError`` naming it otherwise."""
-    image = np.asarray(image)
-    problem = pixel_problem(image, 3)
+def validate_pixels(pixels, rank, name):
+    """Check ``pixels`` is uint8 RGB of ``rank`` (3: one ``[H, W, 3]`` image, 4: a ``[B, H, W, 3]`` batch)
+    with every axis but the channels >= 1; returns it as a NumPy array, ``ValueError`` naming ``name`` otherwise."""
+    pixels = np.asarray(pixels)
+    problem = pixel_problem(pixels, rank)
+    if not problem and rank == 4 and pixels.shape[0] == 0:
+        problem = f"empty batch (shape {pixels.shape}); pass at least one image"
+    if not problem and min(pixels.shape[-3:-1]) < 1:
+        problem = f"empty image{'s' if rank == 4 else ''} of shape {pixels.shape}"
     if problem:
         raise ValueError(f"{name}: {problem}")
-    if min(image.shape[:2]) < 1:
-        raise ValueError(f"{name}: empty image of shape {image.shape}")
-    return image
+    return pixels
+
+
+def validate_image(image, name="image"):
+    """Check one image is uint8 RGB ``[H, W, 3]``; raise a ``ValueError`` naming it otherwise."""
+    return validate_pixels(image, 3, name)
 
 
 def validate_batch(images, name="predict"):
     """Check a batch is uint8 RGB ``[B, H, W, 3]`` with ``B, H, W >= 1``; ``ValueError`` otherwise."""
-    images = np.asarray(images)
-    problem = pixel_problem(images, 4)
-    if problem:
-        raise ValueError(f"{name}: {problem}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name}: empty batch (shape {images.shape}); pass at least one image")
-    if min(images.shape[1:3]) < 1:
-        raise ValueError(f"{name}: empty images of shape {images.shape}")
-    return images
+    return validate_pixels(images, 4, name)
