@@ -57,12 +57,12 @@ def run_backend_benchmark(preset, height, width, backends, compare_with=None, wa
         workers.append({"variant": label, "process": process, "times_ms": []})
     try:
         for worker in workers:  # one at a time: compilation must not overlap the others' timing
-            worker["warmup_s"] = _reply(worker)["warmup_s"]
+            worker["warmup_s"] = read_reply(worker)["warmup_s"]
         for _ in range(repeats):
             for worker in workers:
                 worker["process"].stdin.write("run\n")
                 worker["process"].stdin.flush()
-                worker["times_ms"].append(_reply(worker)["ms"])
+                worker["times_ms"].append(read_reply(worker)["ms"])
     finally:
         for worker in workers:
             worker["process"].kill()
@@ -73,7 +73,8 @@ def run_backend_benchmark(preset, height, width, backends, compare_with=None, wa
     ]  # fmt: skip
 
 
-def _reply(worker):
+def read_reply(worker):
+    """The next JSON line of a worker process (``RuntimeError`` when it stopped)."""
     line = worker["process"].stdout.readline()
     if not line:
         raise RuntimeError(f"backend benchmark: the {worker['variant']} worker stopped (run it alone to see why)")

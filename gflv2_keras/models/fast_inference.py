@@ -5,11 +5,15 @@
 autograd). Both run the same ``detect_batch``; only the TensorFlow one adds the fused GroupNorm
 kernel and the XLA choice, which are TensorFlow functions.
 
-TensorFlow: one ``tf.function`` per (network canvas, box format): preprocessing (resize, normalise, pad to
-the static canvas of ``preprocessing.canvas_size``), the network, per-level top-k candidate
-decoding, NMS and the format conversion all run inside it, so a call is one graph execution
-with no host round trip. Retracing is bounded by the number of canvases
-(``preprocessing.max_canvases``: 85 for 1333 x 800), whatever the image sizes.
+TensorFlow: one ``tf.function`` per (box format, outputs) for every image size: preprocessing
+(resize, normalise, zero padding to /32 computed in the graph), the network, per-level top-k
+candidate decoding, NMS and the format conversion all run inside it, so a call is one graph
+execution with no host round trip, and a folder of photos of mixed sizes pays one compilation
+(``gflv2 benchmark --mixed-sizes``; BENCHMARKS.md). The exception is a network under XLA, which
+compiles one program per static shape: then there is one function per network canvas
+(``preprocessing.canvas_size``), bounded by ``preprocessing.max_canvases`` (85 for 1333 x 800).
+The canvas is always the official per-image one: no size buckets, whose extra padding would
+change the head's GroupNorm statistics.
 
 Inside that function the network (backbone, FPN, head) runs
 
@@ -156,7 +160,8 @@ def foldable_pairs(detector):
 
 
 class InferenceFunctions:
-    """Cache of the compiled inference functions of one detector, keyed by canvas and format.
+    """Cache of the compiled inference functions of one detector, keyed by box format and outputs
+    (and by canvas when the network runs under XLA).
 
     ``traces`` counts Python traces of all of them (the bounded-retracing test reads it).
     """
@@ -171,15 +176,23 @@ class InferenceFunctions:
         """Run ``detect_batch`` on uint8 ``[B, H, W, 3]`` images whose canvas is ``canvas``."""
         import tensorflow as tf
 
-        key = (tuple(canvas), bounding_box_format, bool(return_box_distributions))
         if not self.detector.built:
             self.detector.build_for_inference()  # variables exist before tracing (the fused kernels read them)
+        # XLA compiles one program per static shape; the oneDNN graph takes any size, so without
+        # XLA one function serves every canvas (the size is padded to /32 in the graph).
+        static = self.uses_xla()
+        key = (tuple(canvas) if static else None, bounding_box_format, bool(return_box_distributions))
         if key not in self.functions:
             self.functions[key] = tf.function(
                 self._traced(*key),
                 input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
             )
         return self.functions[key](images)
+
+    def uses_xla(self):
+        """Whether the network runs under XLA (``inference_jit`` for this device and precision)."""
+        detector = self.detector
+        return resolve_jit(detector.inference_jit, detector.dtype_policy.compute_dtype)
 
     def _traced(self, canvas, bounding_box_format, return_box_distributions):
         def detect(images):
@@ -200,7 +213,7 @@ class InferenceFunctions:
         so exports, which call ``detect_batch`` without it, stay portable)."""
         detector = self.detector
         with fused_group_norms(detector):
-            if not resolve_jit(detector.inference_jit, detector.dtype_policy.compute_dtype):
+            if not self.uses_xla():
                 return detector(inputs, training=False)
             if self._xla_network is None:
                 import tensorflow as tf

@@ -86,7 +86,7 @@ def canvas_size(height, width, scale=DEFAULT_SCALE, divisor=SIZE_DIVISOR):
 
     This is the inference padding policy: the keep-ratio size rounded up to ``divisor``,
     exactly the official ``Pad(size_divisor=32)``. Any padding beyond it would change the head's
-    GroupNorm statistics, so there are no coarser buckets; the compiled inference functions are
+    GroupNorm statistics, so there are no coarser buckets; XLA-compiled inference functions are
     keyed by this canvas, whose number of distinct values is bounded (``max_canvases``).
     """
     new_h, new_w = static_rescale_size(height, width, scale)
