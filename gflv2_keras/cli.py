@@ -5,15 +5,17 @@ sub-parser whose ``func(args) -> int`` runs it. Only the module of the command b
 imported, so ``gflv2 --help`` starts without TensorFlow and a command's heavy or optional
 dependencies (TensorFlow, PyTorch) load only when it runs.
 
-Start-up is quiet and a user's mistake is one ``gflv2 COMMAND: error: ...`` line with exit code
-2 (``utils.cli.run_command``); ``--verbose`` shows TensorFlow's logs and the traceback.
+A sub-parser may also set ``precheck(args)``: the checks that need no TensorFlow (values, paths,
+output refusals), run before the body, so a mistake is reported at once. Start-up is quiet and a
+user's mistake is one ``gflv2 COMMAND: error: ...`` line with exit code 2 (``utils.cli.run_command``,
+argparse's own errors too: ``utils.cli.CommandLineParser``); ``--verbose`` shows TensorFlow's logs
+and the traceback.
 """
 
-import argparse
 import importlib
 import sys
 
-from gflv2_keras.utils.cli import EXIT_USER_ERROR, VERBOSE_FLAG, run_command, split_verbose
+from gflv2_keras.utils.cli import EXIT_USER_ERROR, VERBOSE_FLAG, CommandLineParser, run_command, split_verbose
 
 # command name -> (module that registers it, one-line summary for ``gflv2 --help``)
 COMMANDS = {
@@ -26,12 +28,13 @@ COMMANDS = {
     "benchmark": ("gflv2_keras.benchmarks.cli", "inference / training speed against the GEMM floors and PyTorch"),
     "presets": ("gflv2_keras.presets_cli", "list the built-in presets"),
     "recipes": ("gflv2_keras.recipes.cli", "list the named training recipes"),
+    "show-data": ("gflv2_keras.data.show_cli", "draw the ground truth of a sample of images and labels.png (box statistics)"),
 }
 
 
 def build_parser(command=None):
     """The ``gflv2`` parser; only ``command``'s module is imported (``None``: none of them)."""
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="gflv2",
         description="GFocalV2 (GFLv2) object detection with Keras 3.",
         epilog=f"Add {VERBOSE_FLAG} anywhere to see TensorFlow's start-up logs and full tracebacks.",
@@ -53,7 +56,9 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
-    return run_command(command, lambda: args.func(args), verbose)
+    precheck = getattr(args, "precheck", None)
+    return run_command(command, lambda: args.func(args), verbose,
+                       check=(lambda: precheck(args)) if precheck else None)  # fmt: skip
 
 
 if __name__ == "__main__":

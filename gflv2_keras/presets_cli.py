@@ -4,7 +4,11 @@ from gflv2_keras.presets import PRESETS, list_presets, preset_home
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("presets")
+    parser = subparsers.add_parser(
+        "presets",
+        description="List the built-in presets: published COCO AP (minival, test-dev), the official FPS and whether "
+        "the preset's weights are on disk (in $GFLV2_KERAS_HOME/presets/NAME; nothing is downloaded).",
+    )
     parser.set_defaults(func=run)
 
 

@@ -11,6 +11,12 @@ Timing: ``warmup`` untimed calls per runtime, then ``iterations`` rounds in whic
 runs once in turn (interleaved, so load from other processes on a shared machine hits every
 runtime alike); the median per runtime is reported. All runtimes are limited to ``threads``
 intra-op threads.
+
+int8 rows: ``onnxruntime-int8`` and ``openvino-int8`` are the calibrated exports (``--weights int8``,
+``export.quantize``: int8 weights and activations), calibrated on ``CALIBRATION_IMAGES`` synthetic
+shape images of the benchmark size (``data.synthetic.render_image``; the speed of an int8 graph
+does not depend on where its ranges came from, its accuracy does: BENCHMARKS.md measures that
+on real data); ``onnxruntime-int8-dynamic`` and ``litert-int8-dynamic`` quantize the weights only.
 """
 
 import statistics
@@ -22,8 +28,19 @@ import numpy as np
 
 from gflv2_keras.benchmarks.inference_benchmark import machine_facts
 
-RUNTIMES = ("tf", "onnxruntime", "openvino", "litert")
-EXPORT_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "litert"}
+RUNTIMES = ("tf", "onnxruntime", "openvino", "litert", "onnxruntime-int8", "openvino-int8",
+            "onnxruntime-int8-dynamic", "litert-int8-dynamic")  # fmt: skip
+# runtime -> (export format, --weights)
+EXPORTS = {
+    "onnxruntime": ("onnx", "fp32"),
+    "openvino": ("openvino", "fp32"),
+    "litert": ("litert", "fp32"),
+    "onnxruntime-int8": ("onnx", "int8"),
+    "openvino-int8": ("openvino", "int8"),
+    "onnxruntime-int8-dynamic": ("onnx", "int8-dynamic"),
+    "litert-int8-dynamic": ("litert", "int8-dynamic"),
+}
+CALIBRATION_IMAGES = 8
 
 
 def _set_tf_threads(threads):
@@ -41,21 +58,41 @@ def _runners(detector, runtimes, height, width, threads, folder, log):
     from gflv2_keras.export.formats import MissingRuntimeError, export_portable
     from gflv2_keras.export.runtimes import load_exported
 
-    runners = {}
+    runners, calibration = {}, None
     for runtime in runtimes:
         if runtime == "tf":
             runners[runtime] = (detector.detect, "GFLV2Detector.detect (tf.function)")
             continue
-        fmt = EXPORT_FORMATS[runtime]
-        log(f"exporting {fmt} at {height}x{width} ...")
+        fmt, weights = EXPORTS[runtime]
+        log(f"exporting {fmt} {weights} at {height}x{width} ...")
         try:
+            if weights == "int8" and calibration is None:
+                calibration = synthetic_calibration(Path(folder) / "calibration", height, width)
             start = time.perf_counter()
-            path = export_portable(detector, fmt, Path(folder) / fmt, input_size=(height, width))
+            path = export_portable(detector, fmt, Path(folder) / runtime, input_size=(height, width), weights=weights,
+                                   calibration=calibration if weights == "int8" else None)  # fmt: skip
             seconds = time.perf_counter() - start
-            runners[runtime] = (load_exported(path, threads=threads).detect, f"{fmt} export ({seconds:.0f} s)")
+            runners[runtime] = (load_exported(path, threads=threads).detect,
+                                f"{fmt} {weights} export ({seconds:.0f} s)")  # fmt: skip
         except MissingRuntimeError as error:
             runners[runtime] = (None, str(error).splitlines()[0])
     return runners
+
+
+def synthetic_calibration(folder, height, width, count=CALIBRATION_IMAGES):
+    """``CalibrationImages`` of ``count`` synthetic shape images of ``height x width`` written to ``folder``."""
+    from PIL import Image
+
+    from gflv2_keras.data.synthetic import render_image
+    from gflv2_keras.export.calibration import calibration_images
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    side = min(height, width)
+    for index in range(count):
+        image, _ = render_image(rng, (side, max(height, width)), max_objects=6, object_size=(side // 16, side // 2))
+        Image.fromarray(image).resize((width, height)).save(folder / f"{index:03d}.png")
+    return calibration_images(folder, count=None, log=lambda line: None)
 
 
 def run_runtime_benchmark(preset, height, width, runtimes=RUNTIMES, warmup=2, iterations=5, threads=2,
@@ -106,7 +143,52 @@ def run_runtime_benchmark(preset, height, width, runtimes=RUNTIMES, warmup=2, it
     cpu, isa = facts["cpu"], " ".join(facts["isa"])
     context = {"preset": preset, "height": height, "width": width, "threads": threads, "warmup": warmup,
                "iterations": iterations, "cpu": cpu, "isa": isa, "random_weights": random_weights}  # fmt: skip
+    if any(r.endswith("-int8") for r in available):
+        from gflv2_keras.benchmarks.inference_benchmark import count_network_flops
+        from gflv2_keras.models.preprocessing import canvas_size
+
+        log("measuring the matmul floors (OpenVINO, float32 and int8) ...")
+        context["floors"] = matmul_floors(threads)
+        context["network_flops"] = count_network_flops(detector, *canvas_size(height, width, detector.input_scale))
     return rows, context
+
+
+def matmul_floors(threads, size=2048, repeats=5):
+    """``{"float32": FLOP/s, "int8": OP/s}`` of a ``size^3`` matmul in OpenVINO's CPU plugin (oneDNN).
+
+    The int8 one has ``FakeQuantize`` on both operands, which the plugin runs as a u8 x s8 GEMM
+    (VNNI / AMX where present): the rate int8 convolutions can reach, as the float32 one is the
+    float32 convolutions' (TensorFlow's own float32 floor is the inference table's GEMM floor).
+    Empty when OpenVINO is not installed.
+    """
+    try:
+        import openvino as ov
+        import openvino.opset13 as opset
+    except ImportError:
+        return {}
+    rng = np.random.default_rng(0)
+    weights = opset.constant(rng.standard_normal((size, size)).astype(np.float32))
+    floors = {}
+    for precision in ("float32", "int8"):
+        a = opset.parameter([size, size], np.float32, name="a")
+        if precision == "int8":
+            low, high = opset.constant(np.float32(-4.0)), opset.constant(np.float32(4.0))
+            product = opset.matmul(opset.fake_quantize(a, low, high, low, high, 256),
+                                   opset.fake_quantize(weights, low, high, low, high, 255), False, False)  # fmt: skip
+        else:
+            product = opset.matmul(a, weights, False, False)
+        compiled = ov.Core().compile_model(ov.Model([product], [a]), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})  # fmt: skip
+        request, x = compiled.create_infer_request(), rng.standard_normal((size, size)).astype(np.float32)
+        for _ in range(2):
+            request.infer({0: x})
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            request.infer({0: x})
+            seconds.append(time.perf_counter() - start)
+        floors[precision] = 2.0 * size**3 / statistics.median(seconds)
+    return floors
 
 
 def format_runtime_table(rows, context):
@@ -119,14 +201,24 @@ def format_runtime_table(rows, context):
     )
     timed = sorted((r for r in rows if r["median_ms"] is not None), key=lambda r: r["median_ms"])
     tf_ms = next((r["median_ms"] for r in timed if r["runtime"] == "tf"), None)
-    lines = [header, "", "| runtime | detect ms (median) | min–max ms | vs tf | artefact |", "|---|---:|---:|---:|---|"]
+    lines = [header, "", "| runtime | detect ms (median) | min–max ms | vs tf | artefact | images/s |",
+             "|---|---:|---:|---:|---|---:|"]  # fmt: skip
     for r in timed:
         ratio = f"{tf_ms / r['median_ms']:.2f}x" if tf_ms else "–"
         lines.append(f"| {r['runtime']} | {r['median_ms']:.0f} | {r['min_ms']:.0f}–{r['max_ms']:.0f} | {ratio} | "
-                     f"{r['note']} |")  # fmt: skip
+                     f"{r['note']} | {1e3 / r['median_ms']:.2f} |")  # fmt: skip
     for r in rows:
         if r["median_ms"] is None:
             lines.append(f"| {r['runtime']} | – | – | – | not available: {r['note']} |")
+    floors, flops = context.get("floors"), context.get("network_flops")
+    if floors and flops:
+        floor_ms = {p: flops / rate * 1e3 for p, rate in floors.items()}
+        lines += ["", f"matmul floors (OpenVINO / oneDNN, 2048^3, {context['threads']} threads): float32 "
+                  f"{floors['float32'] / 1e9:.0f} GFLOP/s, int8 {floors['int8'] / 1e9:.0f} GOP/s; network "
+                  f"{flops / 1e9:.0f} GFLOP -> floor float32 {floor_ms['float32']:.0f} ms, int8 {floor_ms['int8']:.0f} ms"]  # fmt: skip
+        shares = [f"{r['runtime']} {floor_ms['int8' if r['runtime'].endswith('-int8') else 'float32'] / r['median_ms']:.2f}"
+                  for r in timed]  # fmt: skip
+        lines.append("share of the floor of its precision (floor ms / detect ms): " + ", ".join(shares))
     return "\n".join(lines)
 
 

@@ -19,10 +19,14 @@ mmdet v2.6, ``mmdet/datasets/coco.py CocoDataset._parse_ann_info``):
 
 Problems that mmdet would pass over silently or crash on are reported in ``.problems`` (one
 human-readable string each, naming the image id / annotation id and field) and skipped:
-an annotation box reaching more than 1 px beyond its image, an unknown category id, an
-annotation whose image id does not exist, non-finite coordinates, malformed entries. A
-missing top-level ``images`` / ``annotations`` / ``categories`` field, a file that is not JSON
-or is nested too deeply to parse raises ``ValueError`` naming the file.
+a degenerate box (``area <= 0``, width or height under 1 px, no area inside the image; named
+with its image id, file, annotation id and ``bbox``, as are crowd regions with no area inside
+the image), an annotation box reaching more than 1 px beyond its image, an unknown category
+id, an annotation whose image id does not exist, non-finite coordinates, malformed entries.
+Annotation ids used more than once are one line for the file (ids listed, the first
+``records.SHOWN_IDS``; the annotations are all kept: ids are not used for training or
+scoring). A missing top-level ``images`` / ``annotations`` / ``categories`` field, a file that
+is not JSON or is nested too deeply to parse raises ``ValueError`` naming the file.
 
 Image frame: ``height`` / ``width`` are the file's. Images are read in the displayed frame (EXIF
 orientation applied), except where the file's size is that of the stored frame of an image
@@ -67,6 +71,7 @@ from gflv2_keras.data.records import (
     checked_box,
     filter_records,
     finish,
+    first_ids,
     make_record,
 )
 
@@ -114,6 +119,7 @@ def load_coco(annotation_file, image_dir, for_training=True, min_size=MIN_TRAIN_
 
     # image id -> {"kept" | "crowd": ([boxes], [labels], [areas])}
     per_image = {image_id: {"kept": ([], [], []), "crowd": ([], [], [])} for image_id in images}
+    _report_duplicate_ids(content["annotations"], report)
     for index, ann in enumerate(content["annotations"]):
         parsed = _parse_annotation(ann, index, images, label_of, report)
         if parsed is not None:
@@ -281,21 +287,38 @@ def _parse_annotation(ann, index, images, label_of, report):
     area = ann.get("area", w * h)
     if not isinstance(area, (int, float)):
         area = w * h
+    image = images[image_id]
+    where = f"annotation id {ann_id} (image id {image_id}) on {image['file_name']}: field 'bbox' {list(bbox)}"
     if ann.get("iscrowd", False) or ann.get("ignore", False):
         report.skip(CROWD)  # not trained on; kept as an ignore region for evaluation (COCOeval iscrowd)
-        image = images[image_id]
         box = [min(max(x, 0.0), image["width"]), min(max(y, 0.0), image["height"])]
         box += [min(max(x + w, 0.0), image["width"]), min(max(y + h, 0.0), image["height"])]
         if box[2] <= box[0] or box[3] <= box[1] or not all(map(math.isfinite, box)):
+            report.note(f"{where}: crowd/ignore region with no area inside the {image['width']}x{image['height']} "
+                        "image, skipped")
             return None
         return image_id, box, label_of[ann["category_id"]], float(area), "crowd"
     if area <= 0:
-        report.skip(DEGENERATE)
+        report.skip(DEGENERATE, f"{where}: field 'area' {area!r} is not positive, skipped")
         return None
-    where = f"annotation id {ann_id} (image id {image_id}): field 'bbox' {list(bbox)}"
-    image = images[image_id]
-    box = checked_box((x, y, x + w, y + h), image["width"], image["height"], where, report, report_degenerate=False)
+    box = checked_box((x, y, x + w, y + h), image["width"], image["height"], where, report)
     return None if box is None else (image_id, box, label_of[ann["category_id"]], float(area), "kept")
+
+
+def _report_duplicate_ids(annotations, report):
+    """One problem line listing the annotation ids used by more than one entry (entries kept)."""
+    counts = {}
+    for ann in annotations:
+        if isinstance(ann, dict) and "id" in ann:
+            key = ann["id"] if isinstance(ann["id"], (int, str)) else repr(ann["id"])
+            counts[key] = counts.get(key, 0) + 1
+    repeated = {i: n for i, n in counts.items() if n > 1}
+    if repeated:
+        listed = first_ids(f"{i} ({n}x)" for i, n in repeated.items())
+        report.note(
+            f"annotation ids used more than once: {len(repeated)} ids, {sum(repeated.values())} entries: {listed} "
+            "(all kept; ids are not used for training or scoring)"
+        )
 
 
 _SIGNATURES = (

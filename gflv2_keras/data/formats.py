@@ -7,6 +7,7 @@ pipeline, the trainer and the evaluator use any of them unchanged.
 
 import os
 
+from gflv2_keras.data.class_map import reorder_classes
 from gflv2_keras.data.coco import load_coco
 from gflv2_keras.data.records import require_training_images
 from gflv2_keras.data.voc import is_voc_root, load_voc
@@ -50,9 +51,11 @@ def load_detection_dataset(path, split="train", images=None, class_names=None, f
         images: COCO: the folder ``file_name`` entries are relative to (default: the JSON's
             folder); VOC: the images folder (default ``ROOT/JPEGImages``); not accepted for
             YOLO (``data.yaml`` names the folders).
-        class_names: VOC: the class order (default: the sorted names found in the split; pass
-            the training split's ``class_names`` when loading its validation split). COCO and
-            YOLO name their classes themselves: a list given here must equal theirs.
+        class_names: the class order (index ``i`` is ``class_names[i]``), matched by name
+            (``class_map.reorder_classes``): pass the training split's ``class_names`` when loading
+            its validation split. The file's classes must be among them (a split may lack some);
+            VOC objects of other names are reported and skipped. Default: the layout's own order
+            (VOC: the sorted names found in the split; COCO: category ids; YOLO: ``names`` keys).
         for_training: apply the training filters (images without boxes and images under
             32 px are dropped) and require at least one usable image; ``False`` for evaluation.
         verbose: print the one-line summary.
@@ -79,9 +82,6 @@ def load_detection_dataset(path, split="train", images=None, class_names=None, f
         dataset = require_training_images(
             load_coco(path, image_dir, for_training=for_training, verbose=verbose, scale=scale)
         )
-    if class_names is not None and list(class_names) != list(dataset.class_names):
-        raise ValueError(
-            f"{dataset.annotation_file}: its classes {dataset.class_names} differ from the class_names given "
-            f"{list(class_names)}"
-        )
+    if class_names is not None:
+        reorder_classes(dataset, class_names)  # by name: the file's order does not matter
     return dataset

@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from gflv2_keras.data.coco import check_image_files
 from gflv2_keras.data.image_io import decode_image_tf
+from gflv2_keras.data.records import first_ids, report_boxes_over, require_readable_images
 from gflv2_keras.models import preprocessing as preprocess
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,9 @@ def build_dataset(
         shuffle_seed: int seed of order, scale and flip. ``None`` draws one and logs it
             (a run can only be reproduced with the seed).
         max_boxes: pad boxes to exactly this many per image (fixed shapes, e.g. for XLA);
-            boxes beyond it are dropped (logged). ``None`` pads to the largest count in the batch.
+            boxes beyond it (the last ones in annotation order) are dropped, and each image
+            that loses some is named in ``dataset.problems`` (``records.report_boxes_over``).
+            ``None`` pads to the largest count in the batch.
         epoch: index of the first epoch of the stream (selects its order).
         num_epochs: number of epochs in the stream; ``None`` for an endless one. Keras
             ``fit(epochs=N)`` re-iterates a finite dataset and would see the same order every
@@ -154,33 +157,25 @@ def pad_batch(ds, batch_size, max_boxes=None, drop_remainder=False):
 
 
 def usable_records(dataset, check_files="header", max_boxes=None):
-    """The records a pipeline reads: unreadable files left out and reported, ``max_boxes`` overflow logged."""
-    records = check_image_files(dataset, check_files) if check_files else dataset.usable_records()
-    if not records:
-        first = next(iter(dataset.unreadable.items()), None)
-        raise ValueError(
-            f"{dataset.annotation_file}: no readable training image ({len(dataset.unreadable)} of "
-            f"{len(dataset.records)} image files missing or unreadable"
-            + (f", first: image id {first[0]}: {first[1]}" if first else "")
-            + f"; image folder {dataset.image_dir})"
-        )
+    """The records a pipeline reads: unreadable files left out and reported, images over
+    ``max_boxes`` named in ``dataset.problems`` (``records.report_boxes_over``).
+
+    Raises:
+        ValueError: no image file is readable (one line: count, first file, image folder).
+    """
+    if check_files:
+        check_image_files(dataset, check_files)
+    records = require_readable_images(dataset, "training")
     if dataset.unreadable:
         logger.warning(
             "%s: %d of %d images left out as unreadable (ids %s)",
             dataset.annotation_file,
             len(dataset.unreadable),
             len(dataset.records),
-            _first_ids(dataset.unreadable),
+            first_ids(dataset.unreadable, 10),
         )
     if max_boxes is not None:
-        too_many = [r["image_id"] for r in records if len(r["labels"]) > max_boxes]
-        if too_many:
-            logger.warning(
-                "build_dataset: %d images have more than max_boxes=%d boxes, the extra boxes are dropped (ids %s)",
-                len(too_many),
-                max_boxes,
-                too_many[:10],
-            )
+        report_boxes_over(dataset, max_boxes, records)
     return records
 
 
@@ -285,8 +280,3 @@ def transform_sample(image, boxes, labels, new_h, new_w, flip):
     image = preprocess.pad_to_size(preprocess.normalize(image), pad_h, pad_w)
     boxes = scale_and_flip_boxes(boxes, (height, width), (new_h, new_w), flip)
     return image, {"boxes": boxes, "labels": labels, "image_shape": tf.stack([pad_h, pad_w])}
-
-
-def _first_ids(mapping, limit=10):
-    ids = list(mapping)
-    return ", ".join(map(str, ids[:limit])) + (", ..." if len(ids) > limit else "")

@@ -25,7 +25,9 @@ Record (one dict per image):
 Problems with single entries never stop loading: each is appended to ``problems`` (one line
 naming the file / line / object / id and field) and counted in ``skipped`` by reason. Images the
 keep-ratio resize would shrink to nothing (``image_io.resize_problem`` at the reader's ``scale``)
-are left out, for training and evaluation alike, and named.
+are left out, for training and evaluation alike, and named. What training drops later is named
+the same way: boxes past ``max_boxes`` (``report_boxes_over``); a split with no readable image
+file is one ``ValueError`` (``require_readable_images``).
 """
 
 import dataclasses
@@ -54,6 +56,9 @@ UNKNOWN_CLASS = "boxes with unknown category"
 NO_BOXES = "images without boxes"
 UNDER_MIN_SIZE = "images under min size"
 UNRESIZABLE = "images too thin to resize"
+OVER_MAX_BOXES = "boxes over max_boxes"
+# Ids listed in one problem line (duplicate ids, images over max_boxes in a log line).
+SHOWN_IDS = 20
 
 
 @dataclasses.dataclass
@@ -91,6 +96,8 @@ class DetectionDataset:
     format: str = "coco"
     split: str = None
     checked_modes: set = dataclasses.field(default_factory=set, repr=False)
+    # The ``max_boxes`` values ``report_boxes_over`` has already reported.
+    reported_box_caps: set = dataclasses.field(default_factory=set, repr=False)
 
     @property
     def num_classes(self):
@@ -169,6 +176,78 @@ def make_record(image_id, file_name, height, width, boxes, labels, ignore_boxes=
     return record
 
 
+def first_ids(ids, limit=SHOWN_IDS):
+    """``"1, 2, 3"``: the first ``limit`` of ``ids`` (any iterable), ``", ..."`` when there are more."""
+    ids = list(ids)
+    return ", ".join(map(str, ids[:limit])) + (", ..." if len(ids) > limit else "")
+
+
+def require_readable_images(dataset, purpose="training"):
+    """The usable records of ``dataset``; ``ValueError`` in one line when none is left.
+
+    Call after ``coco.check_image_files`` (or anything else that fills ``dataset.unreadable``).
+    The line says how many image files were found missing or unreadable, the first one's image
+    id, file and reason, and the image folder (a wrong folder is the usual cause).
+
+    Args:
+        purpose: what the images are for, in the message (``"training"``, ``"validation"``,
+            ``"evaluation"``).
+    """
+    usable = dataset.usable_records()
+    if usable:
+        return usable
+    if not dataset.records:
+        raise ValueError(f"{dataset.annotation_file}: no {purpose} image")
+    files = {r["image_id"]: r["file_name"] for r in dataset.records}
+    first = next(iter(dataset.unreadable.items()), None)
+    raise ValueError(
+        f"{dataset.annotation_file}: no readable {purpose} image ({len(dataset.unreadable)} of "
+        f"{len(dataset.records)} image files missing or unreadable"
+        + (f", first: image id {first[0]} ({files.get(first[0])}): {first[1]}" if first else "")
+        + f"; image folder {dataset.image_dir})"
+    )
+
+
+def largest_box_count(records):
+    """The most boxes (``labels``) of one record, 0 for none."""
+    return max((len(r["labels"]) for r in records), default=0)
+
+
+def report_boxes_over(dataset, max_boxes, records=None, why=""):
+    """Names the images with more than ``max_boxes`` boxes, whose extra boxes training drops.
+
+    The input pipeline pads every image's boxes to exactly ``max_boxes`` and keeps the first
+    ``max_boxes`` of a record (annotation order). Each image over it becomes one line of
+    ``dataset.problems`` (image id, file, its count, how many are dropped) and the dropped boxes
+    are counted in ``dataset.skipped[OVER_MAX_BOXES]``; a warning names the first ids. Done once
+    per ``max_boxes`` value (the pipeline calls this every time it builds a stream).
+
+    Args:
+        records: the records that will be read (default ``dataset.records``).
+        why: appended to ``max_boxes is N`` in each line (e.g. where the cap comes from).
+
+    Returns:
+        ``{image_id: dropped boxes}`` of the images over ``max_boxes`` (also on a repeated call).
+    """
+    records = dataset.records if records is None else records
+    over = {r["image_id"]: len(r["labels"]) - max_boxes for r in records if len(r["labels"]) > max_boxes}
+    if not over or max_boxes in dataset.reported_box_caps:
+        return over
+    dataset.reported_box_caps.add(max_boxes)
+    for r in records:
+        if r["image_id"] in over:
+            dataset.problems.append(
+                f"image id {r['image_id']} ({r['file_name']}): {len(r['labels'])} boxes but max_boxes is "
+                f"{max_boxes}{why}: the last {over[r['image_id']]} (annotation order) are not trained on"
+            )
+    dataset.skipped[OVER_MAX_BOXES] = dataset.skipped.get(OVER_MAX_BOXES, 0) + sum(over.values())
+    logger.warning(
+        "%s: %d images have more than max_boxes=%d boxes, %d boxes are dropped (ids %s)",
+        dataset.annotation_file, len(over), max_boxes, sum(over.values()), first_ids(over),
+    )
+    return over
+
+
 def all_finite(values, where, report):
     """``True`` when every value is finite; otherwise reports ``where`` and returns ``False``."""
     if all(math.isfinite(v) for v in values):
@@ -181,9 +260,10 @@ def checked_box(box, width, height, where, report, report_degenerate=True):
     """Validates one ``(x1, y1, x2, y2)`` pixel-edge box against its ``width`` x ``height`` image.
 
     Dropped (and counted): non-finite coordinates (reported); width or height under 1 px
-    (``DEGENERATE``, reported when ``report_degenerate``; the COCO reader drops them silently as
-    mmdet does); a box reaching more than ``OUT_OF_IMAGE_TOLERANCE`` px beyond the image
+    (``DEGENERATE``); a box reaching more than ``OUT_OF_IMAGE_TOLERANCE`` px beyond the image
     (reported); a box just past an edge within the tolerance (no overlap, ``DEGENERATE``).
+    ``DEGENERATE`` boxes are reported (named by ``where``, with their size) unless
+    ``report_degenerate`` is False: then they are only counted.
 
     Args:
         where: the start of a problem line naming the file / line / object and field.
@@ -208,7 +288,11 @@ def checked_box(box, width, height, where, report, report_degenerate=True):
         )
         return None
     if min(x2, width) - max(x1, 0.0) <= 0 or min(y2, height) - max(y1, 0.0) <= 0:
-        report.skip(DEGENERATE)
+        report.skip(
+            DEGENERATE,
+            f"{where}: no area inside the {width}x{height} image (past an edge within the {tol:g} px "
+            "tolerance), skipped" if report_degenerate else None,
+        )
         return None
     return [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(x2, width), min(y2, height)]
 

@@ -15,7 +15,8 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
 
     Args:
         data: the validation split: a ``DetectionDataset`` of any layout (COCO, VOC, YOLO;
-            loaded with ``for_training=False``), or the path of a COCO JSON.
+            loaded with ``for_training=False``), or the path of a COCO JSON. Its classes are
+            matched to the detector's by name (``evaluate``), whatever their order.
         image_dir: folder of the COCO JSON's images (paths only).
         every_n_epochs: evaluate after epochs ``n, 2n, ...`` (1-based).
         max_images: score only the first ``max_images`` images (faster, noisier).

@@ -2,12 +2,16 @@
 
 Ground truth in any layout ``data.formats`` reads: ``--data PATH`` (COCO JSON, Pascal VOC root,
 YOLO ``data.yaml``; ``--split`` for VOC / YOLO, ``--images`` for COCO / VOC), or the COCO form
-``--annotations FILE --images DIR``. Problems found in the ground truth (missing or unreadable
-images, unknown categories, duplicate ids, boxes outside the image) are reported before the
-score; ``--output`` writes the detections, and the metrics (12 COCO numbers, per-class table)
-go to ``--metrics`` (default: beside ``--output`` as ``*_metrics.json``). Beside the metrics
-(or in ``--plots-dir``) go the pictures: ``pr_curves.png`` (precision-recall per class and for all
-classes at IoU 0.50 and 0.50:0.95), ``confusion_matrix.png`` (classes + background at
+``--annotations FILE --images DIR``. Classes are matched to the preset's by name (any order, any
+category ids; ``data.class_map``): a class of the data that the preset lacks is one error line,
+the preset's classes absent from the data are not scored. Problems found in the ground truth
+(missing or unreadable images, unknown categories, duplicate ids, degenerate boxes and boxes outside the image) are
+reported before the score; a run that can score nothing (no readable image, or no ground-truth
+box in the readable ones) ends with one error line and exit code 2 instead of an AP of 0.
+``--output`` writes the detections, and the metrics (12 COCO numbers, per-class table) go to
+``--metrics`` (default: beside ``--output`` as ``*_metrics.json``). Beside the metrics (or in
+``--plots-dir``) go the pictures: ``pr_curves.png`` (precision-recall per class and for all classes at
+IoU 0.50 and 0.50:0.95), ``confusion_matrix.png`` (classes + background at
 ``--iou-threshold`` / ``--score-threshold``) and ``examples/`` (the ``--examples`` worst and best
 images, ground truth and predictions side by side); ``--no-plots`` skips them. Existing files are
 replaced only with ``--overwrite`` (checked before anything runs); all are written atomically.
@@ -19,6 +23,8 @@ import argparse
 from gflv2_keras.evaluation.backend import BACKENDS
 from gflv2_keras.evaluation.coco_evaluator import IOU_THRESHOLD, NUM_EXAMPLES, SCORE_THRESHOLD
 from gflv2_keras.models.precision import PRECISIONS, add_precision_argument
+from gflv2_keras.utils.arguments import existing_path
+from gflv2_keras.utils.locks import hold_folder, releases_locks
 
 SHOWN_PROBLEMS = 10
 
@@ -27,8 +33,9 @@ def register(subparsers):
     parser = subparsers.add_parser("evaluate", description=__doc__)
     parser.add_argument("--preset", required=True, help="preset name (weights in the preset home) or preset folder")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="ground truth: COCO JSON, Pascal VOC root or YOLO data.yaml / folder")
-    source.add_argument("--annotations", help="COCO annotation JSON (e.g. instances_val2017.json)")
+    source.add_argument("--data", type=existing_path,
+                        help="ground truth: COCO JSON, Pascal VOC root or YOLO data.yaml / folder")
+    source.add_argument("--annotations", type=existing_path, help="COCO annotation JSON (e.g. instances_val2017.json)")
     parser.add_argument("--split", default="val", help="VOC / YOLO split (default val)")
     parser.add_argument("--images", help="image folder (COCO: default the JSON's folder; VOC: default JPEGImages)")
     parser.add_argument("--output", help="write the detections (COCO results JSON) here")
@@ -51,19 +58,22 @@ def register(subparsers):
                         help="COCOeval implementation (default auto: faster-coco-eval when installed, "
                         "else pycocotools)")
     add_precision_argument(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, precheck=check_options)  # precheck: before TensorFlow loads
 
 
+@releases_locks  # the output folders' locks (utils.locks) are held until the command ends
 def run(args):
     import json
     import os
 
+    from gflv2_keras.data.class_map import match_detector_classes
     from gflv2_keras.data.coco import check_image_files
     from gflv2_keras.data.formats import load_detection_dataset
     from gflv2_keras.data.records import leave_out_unresizable
     from gflv2_keras.evaluation.backend import choose_backend
     from gflv2_keras.evaluation.coco_evaluator import evaluate, format_results
     from gflv2_keras.evaluation.plots import check_plot_paths
+    from gflv2_keras.utils.cli import stdout_is_terminal
     from gflv2_keras.utils.files import atomic_write, refuse_existing
 
     check_options(args)
@@ -83,14 +93,26 @@ def run(args):
         plots_dir = args.plots_dir or (os.path.dirname(os.path.abspath(metrics)) if metrics else None)
         if plots_dir:
             check_plot_paths(plots_dir, args.overwrite)
+    written = {os.path.dirname(os.path.abspath(p)) for p in (args.output, metrics) if p}
+    written |= {plots_dir} if plots_dir else set()
+    for folder in sorted({os.path.abspath(f) for f in written}):  # one evaluation writing in a folder at a time
+        hold_folder(folder, "output folder (--output, --metrics, --plots-dir)")
     check_image_files(dataset)
+    require_scorable(dataset, args.max_images)  # before the detector is loaded; again once thin images are out
     detector = load_detector(args.preset, PRECISIONS[args.precision])
+    for line in match_detector_classes(detector, dataset).notes():  # by name; data classes it lacks: one line
+        print(f"[evaluate] {line}")
     leave_out_unresizable(dataset, detector.input_scale)  # at the preset's own scale
     report_problems(dataset, metrics)
+    require_scorable(dataset, args.max_images)
     results = evaluate(detector, dataset, output_json=args.output, max_images=args.max_images, verbose=False,
+                       progress=stdout_is_terminal(),  # no progress bar's control codes in a log file
                        backend=args.coco_backend, plots_dir=plots_dir, overwrite_plots=args.overwrite,
                        num_examples=args.examples, iou_threshold=args.iou_threshold,
                        score_threshold=args.score_threshold)
+    if not results["num_images"]:  # every image failed to decode while running: nothing was scored
+        raise ValueError(f"{dataset.annotation_file}: no image could be read, nothing scored "
+                         f"({dataset.problem_lines()[-1]})")
     print(f"COCO bbox on {results['num_images']} images ({results['num_detections']} detections, "
           f"{results['backend']}):")
     print("\n".join(format_results(results)))
@@ -122,6 +144,30 @@ def check_options(args):
         raise ValueError(f"--examples must be 0 or more, got {args.examples}")
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be 1 or more, got {args.max_images}")
+
+
+def require_scorable(dataset, max_images=None):
+    """``ValueError`` in one line when the images to score (the first ``max_images``) hold nothing to score.
+
+    A run that can score nothing must not print AP 0 and succeed: refused when none of those
+    images has a readable file (the line names how many are missing, the first one and the
+    image folder), and when none of the readable ones has a ground-truth box (AP is undefined).
+    """
+    from gflv2_keras.data.records import require_readable_images
+
+    records = dataset.records if max_images is None else dataset.records[:max_images]
+    readable = [r for r in records if r["image_id"] not in dataset.unreadable]
+    if not readable:
+        if max_images is not None and dataset.usable_records():
+            first = records[0]
+            raise ValueError(
+                f"{dataset.annotation_file}: none of the first {len(records)} images (--max-images) is readable, "
+                f"first: image id {first['image_id']} ({first['file_name']}): {dataset.unreadable[first['image_id']]}"
+            )
+        require_readable_images(dataset, "evaluation")
+    if not any(len(r["labels"]) for r in readable):
+        raise ValueError(f"{dataset.annotation_file}: the {len(readable)} readable images to score have no "
+                         "ground-truth box (crowd / difficult regions do not count): AP is undefined")
 
 
 def report_problems(dataset, metrics=None):

@@ -10,7 +10,10 @@ categories) are not in the ground truth.
 
 As the TF Model Garden ``COCOEvaluator`` and mmdet (and unlike keras-cv's ``PyCOCOCallback``),
 detections are scored in original image pixels, with the file's image ids, and with contiguous
-labels (0-based class indices) mapped back to the file's category ids.
+labels (0-based class indices) mapped back to the file's category ids. Classes are matched by name
+(``data.class_map``): a detector's class ``i`` is the dataset's class named ``detector.class_names[i]``,
+whatever order and ids the layout gives its classes; detections of classes the dataset lacks are
+not scored, dataset classes the detector lacks are an error.
 
 Formats: a detector returns boxes of the original image in its ``bounding_box_format``
 (``keras.utils.bounding_boxes`` names; converted here to xyxy absolute original-image pixels);
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gflv2_keras.data.class_map import match_detector_classes
 from gflv2_keras.data.coco import load_coco
 from gflv2_keras.data.image_io import ImageReadError, read_record_image
 from gflv2_keras.evaluation.backend import coco_score, summary_lines
@@ -188,6 +192,25 @@ def evaluation_category_ids(dataset):
     return list(range(1, dataset.num_classes + 1))
 
 
+def detection_category_ids(detector, dataset):
+    """int64 ``[detector classes]``: the category id (``evaluation_category_ids``) of each of the
+    detector's class indices, matched by class name (``data.class_map.match_detector_classes``);
+    -1 for a class the dataset lacks (its detections are not scored).
+
+    A detector without ``class_names`` is matched by position (same class count required); an
+    object with neither ``class_names`` nor ``num_classes`` gives the dataset's own indices.
+
+    Raises:
+        ValueError: a dataset class the detector lacks (listed), or class counts that differ
+            for a detector without names.
+    """
+    category_ids = np.asarray(evaluation_category_ids(dataset), np.int64)
+    to_dataset = match_detector_classes(detector, dataset).to_dataset
+    if to_dataset is None:
+        return category_ids
+    return np.where(to_dataset >= 0, category_ids[np.maximum(to_dataset, 0)], -1)
+
+
 def ground_truth(dataset, records=None):
     """The COCO ground truth of ``dataset`` (any layout), built in memory (see the module docstring).
 
@@ -241,7 +264,8 @@ def run_detector(detector, dataset, max_images=None, progress=True):
             ``bounding_box_format`` (any ``keras.utils.bounding_boxes`` format, ``rel_*``
             relative to the original image; ``"xyxy"`` pixels if it has no such attribute),
             ``"confidence"`` ``[K]`` and ``"labels"`` ``[K]`` contiguous 0-based class indices
-            (entries with label < 0, such as -1 padding, are ignored).
+            (entries with label < 0, such as -1 padding, are ignored) of its ``class_names``,
+            matched to the dataset's classes by name (``detection_category_ids``).
         dataset: a ``DetectionDataset`` (any layout), loaded with ``for_training=False`` so
             that images without annotations are evaluated too.
         max_images: only the first ``max_images`` records.
@@ -249,7 +273,8 @@ def run_detector(detector, dataset, max_images=None, progress=True):
 
     Returns:
         list of COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
-        (category ids of ``evaluation_category_ids``)
+        (category ids of ``evaluation_category_ids``; detector labels matched to them by class name,
+        ``detection_category_ids``: detections of classes the dataset lacks are dropped)
         (python floats / ints, JSON-ready). Images that cannot be read are skipped, logged with
         their id and file name, and put in ``dataset.unreadable``.
     """
@@ -259,7 +284,7 @@ def run_detector(detector, dataset, max_images=None, progress=True):
             dataset.annotation_file,
         )
     records = dataset.records if max_images is None else dataset.records[:max_images]
-    category_ids = np.asarray(evaluation_category_ids(dataset))
+    category_ids = detection_category_ids(detector, dataset)  # by class name, before any image is read
     box_format = getattr(detector, "bounding_box_format", "xyxy")
     progbar = None
     if progress:
@@ -363,9 +388,10 @@ def _to_coco_results(output, image_id, category_ids):
     keep = labels >= 0
     if np.any(labels[keep] >= len(category_ids)):
         raise ValueError(
-            f"image id {image_id}: detector returned label {labels.max()} but the file has "
+            f"image id {image_id}: detector returned label {labels.max()} of "
             f"{len(category_ids)} categories (labels must be contiguous 0-based indices)"
         )
+    keep[keep] = category_ids[labels[keep]] >= 0  # classes the dataset lacks are not scored
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
     return [

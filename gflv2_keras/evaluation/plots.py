@@ -111,7 +111,8 @@ def draw_pr_curves(curves, class_names, panel_size=(520, 520)):
     left, top, bottom, gap = 56, 84, 48, 16
     show_classes = len(class_names) <= LEGEND_CLASSES
     names = [f"{n}" for n in class_names] + ["all classes"]
-    legend_w = max(text_size(font, f"{n}  0.000")[0] for n in names) + 40 if show_classes else 230
+    # Entries read "NAME  0.123" or "NAME  (no boxes)": room for the longer one.
+    legend_w = max(text_size(font, f"{n}  (no boxes)")[0] for n in names) + 40 if show_classes else 230
     panel_w = left + plot_w + gap + legend_w
     image = Image.new("RGB", (2 * panel_w + gap, top + plot_h + bottom), WHITE)
     canvas = ImageDraw.Draw(image)
@@ -205,6 +206,28 @@ def draw_confusion_matrix(errors):
     return image
 
 
+def display_scale(width, height, side=EXAMPLE_SIDE):
+    """The factor that brings a picture's longer side into ``side`` = ``(smallest, largest)`` pixels (1.0 inside it).
+
+    Example panels and ground-truth pictures (``data.show``) are drawn at this scale: thumbnails
+    are enlarged (nearest neighbour) so their labels stay readable, photos reduced.
+    """
+    longer = max(int(width), int(height), 1)
+    return min(max(longer, side[0]), side[1]) / longer
+
+
+def scaled_image(pixels, scale):
+    """uint8 RGB ``[H, W, 3]`` (or a ``PIL.Image.Image``) as a ``PIL.Image.Image`` ``scale`` times its size
+    (bilinear when reduced, nearest neighbour when enlarged: pixels stay visible)."""
+    from PIL import Image
+
+    image = pixels.convert("RGB") if isinstance(pixels, Image.Image) else Image.fromarray(np.asarray(pixels, np.uint8))
+    if scale == 1.0:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.BILINEAR if scale < 1 else Image.NEAREST)
+
+
 def draw_example(pixels, match, class_names, score_threshold):
     """Ground truth and predictions of one image side by side, each box coloured by its status.
 
@@ -219,14 +242,9 @@ def draw_example(pixels, match, class_names, score_threshold):
         class, red missed, grey crowd), right the detections scored >= the threshold (green
         correct, orange wrong class, red false positive, grey in a crowd region).
     """
-    from PIL import Image
-
-    image = Image.fromarray(np.asarray(pixels, np.uint8))
-    longer = max(image.size)
-    scale = min(max(longer, EXAMPLE_SIDE[0]), EXAMPLE_SIDE[1]) / longer
-    if scale != 1.0:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.BILINEAR if scale < 1 else Image.NEAREST)
+    pixels = np.asarray(pixels, np.uint8)
+    scale = display_scale(pixels.shape[1], pixels.shape[0])
+    image = scaled_image(pixels, scale)
     truth_texts = [("crowd " if status == matching.CROWD else "") + class_names[label]
                    for label, status in zip(match.gt_labels, match.gt_status)]
     truth = draw_boxes(image, match.gt_boxes * scale, truth_texts,
@@ -291,7 +309,7 @@ def write_evaluation_plots(folder, precision, errors, image_files=None, num_exam
                     pixels = _read_rgb(path)
                     if pixels is None:
                         continue
-                    name = f"{kind}_{rank:02d}_{_safe_stem(path)}.jpg"
+                    name = f"{kind}_{rank:02d}_{safe_stem(path)}.jpg"
                     draw_example(pixels, match, errors.class_names, errors.score_threshold).save(
                         staging / name, "JPEG", quality=90)
                     chosen[kind].append({**match.summary(), "file_name": str(path),
@@ -320,5 +338,6 @@ def _read_rgb(path):
         return None
 
 
-def _safe_stem(path):
+def safe_stem(path):
+    """A file-name-safe version of the stem of ``path`` (at most 60 characters)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(path)).stem)[:60] or "image"

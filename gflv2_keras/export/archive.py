@@ -16,9 +16,14 @@ only (``keras.export.ExportArchive``, ``tf.function`` graphs):
 
 ``keras_export(detector, filepath)`` is ``keras.Model.export`` with an input signature that
 accepts any image size (the default would lock it to the size the model was built at).
+
+``reported_write_errors(target)`` turns a write the file system refuses (a full disk, a quota,
+a read-only or forbidden folder), which TensorFlow and the converters report as their own
+multi-line errors (``ResourceExhaustedError`` ...), into one ``OSError`` naming the export.
 """
 
 import contextlib
+import errno
 
 import keras
 
@@ -28,6 +33,10 @@ except ImportError:  # a build without deformable convolutions has nothing to fo
     force_portable = contextlib.nullcontext
 
 CUSTOM_OP_PREFIX = "GflDeform"
+# The operating system's refusals to write, as errno values and as the words in an error text.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+WRITE_ERROR_WORDS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                     "File too large", "Permission denied")  # fmt: skip
 # ``detector(x)``'s input: normalised, zero-padded float32 RGB images of any size.
 KERAS_INPUT_SIGNATURE = (keras.InputSpec(shape=(None, None, None, 3), dtype="float32"),)
 
@@ -84,6 +93,39 @@ def write_saved_model(endpoints, directory):
     with force_portable():
         archive.write_out(str(directory), verbose=False)
     return set().union(*(graph_op_types(f) for f in traced.values()))
+
+
+@contextlib.contextmanager
+def reported_write_errors(target, what="export"):
+    """Re-raise a refused write (full disk, quota, read-only, permission) as one-line ``OSError``.
+
+    Wrap the call that publishes ``target`` (``utils.files.publish_directory``, which has by
+    then removed its staging folder, so nothing partial is left). TensorFlow's
+    ``ResourceExhaustedError``/``PermissionDeniedError`` (a SavedModel's variables) and errors of
+    other writers whose text names such a refusal become ``OSError("TARGET: cannot write the
+    export: REASON; nothing was written")``; every other error passes through unchanged.
+    """
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as error:
+        raise OSError(_write_error_message(target, what, error.message)) from None
+    except FileExistsError:
+        raise
+    except (OSError, tf.errors.OpError, RuntimeError) as error:
+        code = getattr(error, "errno", None)
+        text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        if code in WRITE_ERRNOS or any(words in text for words in WRITE_ERROR_WORDS):
+            raise OSError(_write_error_message(target, what, text)) from None
+        raise
+
+
+def _write_error_message(target, what, reason):
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    named = [line for line in lines if any(words in line for words in WRITE_ERROR_WORDS)]
+    reason = (named or lines or [""])[0]
+    return f"{target}: cannot write the {what}: {reason}; nothing was written"
 
 
 def keras_export(detector, filepath, format="tf_saved_model", input_signature=None, **kwargs):

@@ -3,14 +3,19 @@
 ``saved_model`` (default) writes a TF Serving model version ``PATH/<N>/`` (signatures in
 ``gflv2_keras.export.saved_model``) and prints the ``docker run`` command that serves it.
 ``onnx``, ``litert`` and ``openvino`` write a folder ``PATH`` with the model file and
-``export.json`` (``gflv2_keras.export.formats``), at a fixed ``--input-size H W``, with boxes in
-``--box-layout`` (a box format name of ``keras.utils.bounding_boxes``, ``ops.box_formats``).
+``export.json`` (``gflv2_keras.export.formats``), at a fixed ``--image-size H W`` canvas that
+each image is resized into keeping its aspect ratio (``postprocess.py`` next to the model does
+it), or with ``--dynamic-size`` (onnx, openvino) at any size with the official per-image canvas
+inside; boxes in ``--box-layout`` (a box format name of ``keras.utils.bounding_boxes``,
+``ops.box_formats``). ``gflv2 predict --model`` runs every one of them, the SavedModel included.
 """
 
 import time
 from pathlib import Path
 
+from gflv2_keras.utils.arguments import add_image_size_argument, non_negative_int, positive_int
 from gflv2_keras.utils.cli import UserError
+from gflv2_keras.utils.locks import hold_beside, releases_locks
 
 # The help text names the formats without importing ``ops.box_formats`` (which loads Keras);
 # ``tests/export`` checks it names every one of ``BOUNDING_BOX_FORMATS``.
@@ -39,13 +44,33 @@ def register(subparsers):
         "onnx/litert/openvino: the export folder"
     )
     parser.add_argument("--format", default="saved_model", help="saved_model (default), onnx, litert or openvino")
-    parser.add_argument("--version", type=int, default=1, help="saved_model: version folder number (default 1)")
-    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="onnx/litert/openvino: fixed input image size (default: the preset's input scale)")
-    parser.add_argument("--batch-size", type=int, default=1, help="onnx/litert/openvino: fixed batch (default 1)")
+    parser.add_argument("--version", type=non_negative_int, default=1,
+                        help="saved_model: version folder number (default 1)")
+    add_image_size_argument(parser, "--input-size", multiple_of=32,
+                            help="onnx/litert/openvino: fixed input size, the network's canvas (default: the "
+                            "preset's input scale)")
+    parser.add_argument("--dynamic-size", action="store_true",
+                        help="onnx/openvino: any input image size, each run at its own official canvas (keep-ratio "
+                        "resize to the preset's input scale, padding to /32: the detections of --preset), instead of "
+                        "a fixed --image-size canvas, into which each image is resized keeping its ratio and padded; "
+                        "litert is always fixed-size")
+    parser.add_argument("--batch-size", type=positive_int, default=1,
+                        help="onnx/litert/openvino: fixed batch (default 1)")
     parser.add_argument("--box-layout", default=None, metavar="FORMAT", help=BOX_LAYOUT_HELP)
     parser.add_argument("--weights", default="fp32",
-                        help="fp32 (default); int8 dynamic-range (onnx, litert); fp16 (litert)")
+                        help="fp32 (default); int8 with --calibration-data: weights and activations in int8, "
+                        "calibrated on your images (onnx, openvino); int8-dynamic: int8 weights only, float "
+                        "activations (onnx, litert; what int8 without --calibration-data gives); fp16 (litert)")
+    parser.add_argument("--calibration-data", metavar="PATH",
+                        help="--weights int8: images to calibrate the activation ranges on: a COCO JSON, a Pascal "
+                        "VOC root, a YOLO data.yaml (or its folder), or a folder of images")
+    parser.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                        help="--weights int8: use N images of --calibration-data, evenly spaced (default 100)")
+    parser.add_argument("--calibration-split", default="train",
+                        help="--calibration-data VOC / YOLO: the split to read (default train)")
+    parser.add_argument("--calibration-image-dir", metavar="DIR",
+                        help="--calibration-data COCO: the image folder (default the JSON's folder); VOC: default "
+                        "JPEGImages")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="saved_model: skip assets.extra/tf_serving_warmup_requests (TF Serving warm-up)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version folder (saved_model) or export folder")
@@ -58,6 +83,7 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
+@releases_locks  # the lock beside the export (utils.locks) is held until the command ends
 def run(args):
     from gflv2_keras.export.formats import FORMATS
 
@@ -67,6 +93,9 @@ def run(args):
         if args.box_distributions:
             raise UserError(f"--box-distributions is available for --format saved_model only, not {args.format}")
         return _run_portable(args)
+    if args.calibration_data is not None:
+        raise UserError("--calibration-data is for --format onnx or openvino with --weights int8, not --format "
+                        "saved_model (float32)")  # fmt: skip
     if args.box_layout is not None:
         raise UserError("--box-layout is available for --format onnx, litert or openvino; the SavedModel's "
                         "detection_boxes are xyxy pixels")  # fmt: skip
@@ -78,6 +107,7 @@ def run(args):
     target = output / str(args.version)
     if target.exists() and not args.overwrite:
         raise UserError(f"{target} already exists; choose another --version or pass --overwrite")
+    hold_beside(target, "--output or --version")  # one export writing this version at a time
 
     from gflv2_keras.export.saved_model import directory_size, export_saved_model
 
@@ -104,6 +134,7 @@ def run(args):
         print("         detection_classification, detection_quality (GFLv2), detection_side_offsets, detection_side_std,")
         print("         detection_side_topk_mass, detection_side_distributions, detection_bin_widths, detection_anchor_points")
     print(_serving_instructions(output))
+    print(f"Run it here: gflv2 predict IMAGE.jpg --model {output}")
     return 0
 
 
@@ -127,20 +158,81 @@ def _run_portable(args):
         raise UserError(f"--box-layout: {str(error).replace('bounding_box_format: ', '', 1)}") from None
     if target.exists() and not args.overwrite:
         raise UserError(f"{target} already exists; choose another --output or pass --overwrite")
+    hold_beside(target, "--output")  # one export writing this folder at a time
     if box_layout == "yxyx":
         print(LEGACY_YXYX_NOTE, file=sys.stderr, flush=True)
+    calibration = _calibration(args)
     from gflv2_keras.export.formats import export_portable
     from gflv2_keras.export.saved_model import directory_size
 
+    input_size = _portable_input_size(args)
     detector = _load_detector(args)
     print(f"[2/2] converting to {args.format} ({args.weights}) in {target}", flush=True)
     start = time.perf_counter()
-    path = export_portable(detector, args.format, target, input_size=args.input_size, batch_size=args.batch_size,
+    path = export_portable(detector, args.format, target, input_size=input_size, batch_size=args.batch_size,
                            box_layout=box_layout, weights=args.weights, overwrite=args.overwrite,
-                           preset=str(args.preset))  # fmt: skip
+                           preset=str(args.preset), calibration=calibration)  # fmt: skip
     print(f"done: {path} written in {time.perf_counter() - start:.1f} s ({directory_size(path) / 2**20:.1f} MiB)")
+    if input_size == "dynamic":
+        print("canvas: any image size, each with its official per-image canvas inside (the detections of --preset)")
+    else:
+        import json
+
+        height, width = json.loads((Path(path) / "export.json").read_text())["input_size"]
+        print(f"canvas: fixed {height}x{width}; each image is resized keeping its aspect ratio into it and padded "
+              "(postprocess.py letterbox, next to the model)")  # fmt: skip
     print(f"run it: gflv2 predict IMAGE.jpg --model {path}")
     return 0
+
+
+def _portable_input_size(args):
+    """``--image-size`` (a fixed canvas; ``None``: the preset's scale) or ``"dynamic"`` (``--dynamic-size``)."""
+    if not getattr(args, "dynamic_size", False):
+        return args.input_size
+    if args.input_size is not None:
+        raise UserError("--dynamic-size and --image-size exclude each other: a dynamic export takes every size")
+    if args.format == "litert":
+        raise UserError("--dynamic-size: litert needs a fixed input size (its NMS runs in NumPy on fixed-size "
+                        "candidates); export litert with --image-size H W, or use onnx or openvino")  # fmt: skip
+    return "dynamic"
+
+
+def _calibration(args):
+    """The calibration images of ``--weights int8 --calibration-data`` (``export.calibration``), or None.
+
+    Checked before the detector loads, so a wrong path costs no conversion time.
+    """
+    import sys
+
+    from gflv2_keras.export.calibration import DEFAULT_IMAGES, calibration_images
+    from gflv2_keras.export.formats import CALIBRATED_FORMATS, WEIGHT_TYPES
+
+    if args.weights not in WEIGHT_TYPES[args.format]:
+        raise UserError(f"--weights {args.weights} is not available for {args.format}; valid: "
+                        f"{', '.join(WEIGHT_TYPES[args.format])}")  # fmt: skip
+    calibration_options = [name for name, value in (("--calibration-images", args.calibration_images),
+                                                    ("--calibration-image-dir", args.calibration_image_dir))
+                           if value is not None]  # fmt: skip
+    if args.calibration_data is None:
+        if calibration_options:
+            raise UserError(f"{calibration_options[0]} needs --calibration-data PATH")
+        if args.weights == "int8" and args.format == "openvino":
+            raise UserError("--format openvino --weights int8 needs --calibration-data PATH (images to calibrate "
+                            "the int8 activations on)")  # fmt: skip
+        if args.weights == "int8":
+            print("note: --weights int8 without --calibration-data quantizes the weights only (int8-dynamic); pass "
+                  "--calibration-data PATH for int8 weights and activations", file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    if args.format not in CALIBRATED_FORMATS:
+        raise UserError(f"--calibration-data: calibrated int8 is available for {' and '.join(CALIBRATED_FORMATS)}, "
+                        f"not {args.format} (its weights-only int8: --weights int8-dynamic)")  # fmt: skip
+    if args.weights != "int8":
+        raise UserError(f"--calibration-data is for --weights int8, not --weights {args.weights}")
+    count = DEFAULT_IMAGES if args.calibration_images is None else args.calibration_images
+    calibration = calibration_images(args.calibration_data, count=count, split=args.calibration_split,
+                                     image_dir=args.calibration_image_dir)  # fmt: skip
+    print(f"calibration: {calibration.describe()}", flush=True)
+    return calibration
 
 
 def _serving_instructions(output):

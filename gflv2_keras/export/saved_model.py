@@ -65,6 +65,12 @@ with ``boxes[..., [1, 0, 3, 2]] / [h, w, h, w]`` if a client expects that.
 **Compatibility.** Serve with a TF Serving release at least as new as the TensorFlow that
 wrote the SavedModel (ops are forward- but not backward-compatible).
 
+**Metadata.** ``assets.extra/export.json`` (TF Serving ignores ``assets.extra`` except for its
+warm-up file) records what ``gflv2 predict --model`` needs to run the version folder like
+``--preset``: ``format`` (``saved_model``), ``class_names``, ``num_classes``, ``input_scale``,
+``test_config``. The folder a write error leaves is none: a refused write (full disk) is one
+``OSError`` naming the version (``export.archive.reported_write_errors``).
+
 **Errors.** An image that cannot be decoded (corrupt, truncated, empty, unknown format) fails
 the whole request with ``INVALID_ARGUMENT`` (REST: HTTP 400 ``{"error": ...}``; in Python
 ``tf.errors.InvalidArgumentError``); the loaded model keeps serving later requests.
@@ -84,11 +90,12 @@ Usage::
     out = layer(tf.constant([jpeg_bytes]))          # same dict of outputs
 """
 
+import json
 from pathlib import Path
 
 import tensorflow as tf
 
-from gflv2_keras.export.archive import graph_op_types, write_saved_model
+from gflv2_keras.export.archive import graph_op_types, reported_write_errors, write_saved_model
 from gflv2_keras.models import detection_graph
 from gflv2_keras.utils.files import publish_directory, refuse_existing
 
@@ -100,6 +107,7 @@ BYTES_INPUT = "image_bytes"
 TENSOR_INPUT = "image_tensor"
 EXAMPLE_INPUT = "inputs"  # Model Garden's name for the tf_example input
 EXAMPLE_IMAGE_FEATURE = "image/encoded"
+METADATA_PATH = ("assets.extra", "export.json")  # inside the version folder
 
 
 def _distribution_shapes(detector):
@@ -247,9 +255,42 @@ def export_saved_model(detector, output_dir, version=1, overwrite=False, warmup=
         raise ValueError(f"version must be a non-negative integer, got {version!r}")
     target = Path(output_dir) / str(version)
     refuse_existing(target, overwrite, "model version")
-    finish = _warmup_writer(Path(output_dir).resolve().name) if warmup else None
+    warmup_writer = _warmup_writer(Path(output_dir).resolve().name) if warmup else None
     endpoints = serving_endpoints(detector, **_distribution_options(box_distributions))
+    metadata = serving_metadata(detector)
+
+    def finish(directory):
+        if warmup_writer is not None:
+            warmup_writer(directory)
+        write_metadata(directory, metadata)
+
     return _write_atomically(endpoints, target, overwrite, finish=finish)
+
+
+def serving_metadata(detector):
+    """The ``assets.extra/export.json`` of a version folder (module docstring, Metadata).
+
+    Records what ``detector`` has of ``input_scale``, ``num_classes``, ``class_names`` and the
+    thresholds of ``test_config`` (a stand-in model in tests may lack some).
+    """
+    metadata = {"format": "saved_model", "canvas": "per_image", "bounding_box_format": "xyxy",
+                "signature": TENSOR_SIGNATURE}  # fmt: skip
+    scale = getattr(detector, "input_scale", None)
+    if scale is not None:
+        metadata["input_scale"] = [int(v) for v in scale]
+    for key in ("num_classes", "class_names"):
+        if hasattr(detector, key):
+            metadata[key] = getattr(detector, key)
+    config = getattr(detector, "test_config", None) or {}
+    metadata["test_config"] = {k: config[k] for k in ("score_threshold", "iou_threshold", "max_detections")
+                               if k in config}  # fmt: skip
+    return metadata
+
+
+def write_metadata(directory, metadata):
+    path = Path(directory).joinpath(*METADATA_PATH)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metadata, indent=1))
 
 
 def signature_inputs():
@@ -315,4 +356,5 @@ def _write_atomically(endpoints, target, overwrite, finish=None):
         if finish is not None:
             finish(staging)
 
-    return publish_directory(target, write, overwrite=overwrite, what="model version")
+    with reported_write_errors(target, "model version"):
+        return publish_directory(target, write, overwrite=overwrite, what="model version")

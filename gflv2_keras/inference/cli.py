@@ -31,13 +31,16 @@ original image; ``docs/box_uncertainty.md``)::
 and shades +-1 std across each drawn edge. ``--explain INDEX`` writes ``STEM_explain.png``, the
 four side distributions of detection ``INDEX`` (0-based, in the JSON's order).
 
-``--model`` runs an ONNX / LiteRT / OpenVINO export (``gflv2 export --format ...``) in its own
-runtime (``gflv2_keras.export.runtimes``); pictures and JSON are the same as with a preset.
+``--model`` runs any export ``gflv2 export`` writes in its own runtime
+(``gflv2_keras.export.runtimes``): an ONNX / LiteRT / OpenVINO folder or its model file, or a
+SavedModel (its version folder, or the ``--output`` base folder: the highest version); pictures
+and JSON are the same as with a preset.
 """
 
 import json
 import os
 import sys
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
 from gflv2_keras.inference.images import (
@@ -49,14 +52,16 @@ from gflv2_keras.inference.images import (
 )
 from gflv2_keras.models.precision import PRECISIONS, add_precision_argument
 from gflv2_keras.utils.files import atomic_write
+from gflv2_keras.utils.locks import hold_folder, releases_locks
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("predict")
+    parser = subparsers.add_parser("predict", description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help="preset name (see `gflv2 presets`) or preset folder")
-    source.add_argument("--model", help="an exported model: folder or model file of `gflv2 export --format ...`")
+    source.add_argument("--model", help="an export of `gflv2 export`: an onnx/litert/openvino folder or its "
+                        "model file, or a SavedModel (version folder, or the base folder: its highest version)")
     parser.add_argument(
         "--output",
         default="predictions",
@@ -88,6 +93,7 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
+@releases_locks  # the --output folder's lock (utils.locks) is held until the command ends
 def run(args):
     from gflv2_keras.utils.cli import UserError
 
@@ -101,6 +107,8 @@ def run(args):
     output = Path(args.output)
     stems = plan_output_stems(paths)
     suffixes = (".jpg", ".json") + (("_explain.png",) if args.explain is not None else ())
+    check_output_folder(args.inputs, paths, output, stems, args.overwrite, suffixes)
+    hold_folder(output, "--output")  # one run per output folder; checked again: a run may have ended meanwhile
     check_output_folder(args.inputs, paths, output, stems, args.overwrite, suffixes)
 
     from gflv2_keras.inference.draw import draw_detections, draw_side_bands, draw_side_distributions
@@ -273,7 +281,8 @@ def _uncertainty_record(detections, i, with_distribution):
 
 
 def _load(args):
-    """A ``GFLV2Detector`` (``--preset``) or an ``ExportedDetector`` (``--model``); both ``detect``."""
+    """A ``GFLV2Detector`` (``--preset``) or an ``ExportedDetector`` (``--model``: any export, the
+    SavedModel folder included); both ``detect``."""
     if args.model:
         from gflv2_keras.export.runtimes import load_exported
 

@@ -20,20 +20,32 @@ def _clamped_log(x):
     return ops.where(positive, ops.maximum(ops.log(ops.where(positive, x, 1.0)), _LOG_CLAMP), _LOG_CLAMP)
 
 
+def _clamped_log1m(x):
+    """``max(log(1 - x), -100)`` for ``x <= 1``, as ``log1p(-x)`` (PyTorch's form) without evaluating ``log(0)``.
+
+    ``log(1 - x)`` would round ``1 - x`` first: for the small probabilities of the negatives
+    (most of QFL's terms) that costs a relative error of ``eps / x`` (1% at ``x = 1e-6`` in
+    float32); ``log1p`` keeps full precision.
+    """
+    below_one = x < 1
+    return ops.where(below_one, ops.maximum(ops.log1p(-ops.where(below_one, x, 0.0)), _LOG_CLAMP), _LOG_CLAMP)
+
+
 @ops.custom_gradient
 def binary_cross_entropy(probs, targets):
     """``torch.nn.functional.binary_cross_entropy`` on probabilities, element-wise, with its gradient.
 
-    Value: ``-(y * max(log p, -100) + (1 - y) * max(log(1 - p), -100))``.
+    Value: ``-(y * max(log p, -100) + (1 - y) * max(log1p(-p), -100))`` (``log1p`` as PyTorch: full
+    precision for small ``p``).
     Gradient w.r.t. ``p``: PyTorch's ``(p - y) / max(p * (1 - p), 1e-12)``, which stays finite at
     ``p = 0`` and ``p = 1`` (plain autodiff through the clamped logs would give 0 or NaN there).
-    Gradient w.r.t. ``y``: ``max(log(1 - p), -100) - max(log p, -100)``.
+    Gradient w.r.t. ``y``: ``max(log1p(-p), -100) - max(log p, -100)``.
 
     Args:
         probs: probabilities in ``[0, 1]``; targets: soft targets in ``[0, 1]``, same shape.
     """
     log_p = _clamped_log(probs)
-    log_not_p = _clamped_log(1.0 - probs)
+    log_not_p = _clamped_log1m(probs)
     loss = -(targets * log_p + (1.0 - targets) * log_not_p)
 
     def grad(*args, upstream=None):

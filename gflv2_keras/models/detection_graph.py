@@ -26,12 +26,18 @@ So an export differs from ``detect`` only where its runtime must: the portable n
 Both are graph-safe (``tf.function``, export tracing) and take uint8 RGB ``[B, H, W, 3]`` of one
 size; ``H`` and ``W`` may be dynamic (the SavedModel) or static (fixed-size exports, the compiled
 per-canvas functions of ``detect``).
+
+Fixed-size exports pass ``image_shape`` as well: their images are canvases that already hold
+each image keep-ratio resized at the top-left (``export/numpy_postprocess.py letterbox``), so
+the graph does not resize; it normalises, zeroes the canvas outside ``image_shape`` (the
+official zero padding), pads to /32 (``canvas_inputs``) and returns boxes in canvas pixels.
 """
 
+import numpy as np
 from keras import ops
 
 from gflv2_keras.models.fast_inference import folded_norms
-from gflv2_keras.models.preprocessing import canvas_size, preprocess_images
+from gflv2_keras.models.preprocessing import MEAN, SIZE_DIVISOR, STD, canvas_size, preprocess_images
 from gflv2_keras.ops.box_formats import convert_boxes, validate_bounding_box_format
 from gflv2_keras.ops.postprocess import decode_candidates, postprocess
 
@@ -42,7 +48,33 @@ def static_hw(images):
     return shape[1], shape[2]
 
 
-def network_outputs(detector, images, canvas=None, network=None):
+def canvas_inputs(images, image_shape, divisor=SIZE_DIVISOR):
+    """Network inputs of fixed-canvas images that are already resized (the fixed-size exports).
+
+    Args:
+        images: uint8 RGB ``[B, H, W, 3]`` with static ``H``, ``W``: image ``b`` occupies the
+            top-left ``image_shape[b]`` of its canvas (the rest is ignored).
+        image_shape: int ``[B, 2]`` ``(height, width)`` of each resized image, ``<= (H, W)``.
+
+    Returns:
+        ``(inputs, image_info)`` as ``preprocessing.preprocess_images``: float32 ``[B, Hp, Wp,
+        3]`` normalised, zero outside ``image_shape`` and padded to ``divisor``; ``image_info``
+        with that ``image_shape`` and a ``scale_factor`` of 1 (boxes stay in canvas pixels).
+    """
+    height, width = (int(v) for v in static_hw(images))
+    shape = ops.cast(image_shape, "int32")
+    inside = (ops.arange(height, dtype="int32")[None, :, None] < shape[:, 0][:, None, None]) & (
+        ops.arange(width, dtype="int32")[None, None, :] < shape[:, 1][:, None, None]
+    )
+    normalized = (ops.cast(images, "float32") - np.float32(MEAN)) / np.float32(STD)
+    inputs = ops.where(inside[..., None], normalized, ops.zeros_like(normalized))
+    padded_h, padded_w = -(-height // divisor) * divisor, -(-width // divisor) * divisor
+    inputs = ops.pad(inputs, [[0, 0], [0, padded_h - height], [0, padded_w - width], [0, 0]])
+    image_shape = ops.cast(shape, "float32")
+    return inputs, {"image_shape": image_shape, "scale_factor": ops.ones_like(image_shape)}
+
+
+def network_outputs(detector, images, canvas=None, network=None, image_shape=None):
     """Preprocess ``images`` and run the network with its frozen BatchNorms folded.
 
     Args:
@@ -52,16 +84,21 @@ def network_outputs(detector, images, canvas=None, network=None):
             ``None`` uses it when ``H`` and ``W`` are static, else pads in the graph.
         network: callable ``[B, Hp, Wp, 3]`` float → the outputs of ``detector(x)``; default the
             portable ``detector(x, training=False)`` (what exports trace).
+        image_shape: ``None`` (the official preprocessing), or int ``[B, 2]``: ``images`` are
+            fixed canvases holding already resized images of these sizes (``canvas_inputs``).
 
     Returns:
         ``{"confidence": [B, N, C'], "box_logits": [B, N, 4(R+1)], "points": [N, 2],
         "strides": [N], "sizes": [(h, w)] per level, "image_info": {"image_shape",
         "scale_factor"}}`` (``preprocessing.preprocess_images``).
     """
-    original_h, original_w = static_hw(images)
-    if canvas is None and isinstance(original_h, int) and isinstance(original_w, int):
-        canvas = canvas_size(original_h, original_w, detector.input_scale)
-    inputs, image_info = preprocess_images(images, detector.input_scale, canvas=canvas)
+    if image_shape is not None:
+        inputs, image_info = canvas_inputs(images, image_shape)
+    else:
+        original_h, original_w = static_hw(images)
+        if canvas is None and isinstance(original_h, int) and isinstance(original_w, int):
+            canvas = canvas_size(original_h, original_w, detector.input_scale)
+        inputs, image_info = preprocess_images(images, detector.input_scale, canvas=canvas)
     with folded_norms(detector):
         outputs = network(inputs) if network is not None else detector(inputs, training=False)
     sizes, points, point_strides = detector.points_for(*static_hw(inputs))
@@ -75,11 +112,12 @@ def network_outputs(detector, images, canvas=None, network=None):
     }
 
 
-def pre_nms_candidates(detector, images, canvas=None, network=None, return_candidates=False):
+def pre_nms_candidates(detector, images, canvas=None, network=None, return_candidates=False, image_shape=None):
     """Everything of ``detect_batch`` before NMS: the decoded per-level top-k candidates.
 
-    Args: ``images``, ``canvas``, ``network`` as ``network_outputs``; ``return_candidates``
-        also returns the candidates' raw data (what the box-distribution outputs read).
+    Args: ``images``, ``canvas``, ``network``, ``image_shape`` as ``network_outputs`` (with
+        ``image_shape``, boxes are in canvas pixels); ``return_candidates`` also returns the
+        candidates' raw data (what the box-distribution outputs read).
 
     Returns:
         ``{"boxes": [B, K, 4] float32 xyxy pixels of the original images, "scores": [B, K, C']
@@ -91,7 +129,7 @@ def pre_nms_candidates(detector, images, canvas=None, network=None, return_candi
         detections. With ``return_candidates`` also ``"box_logits" [B, K, 4(R+1)]`` float32,
         ``"points" [B, K, 2]`` (network-input pixels) and ``"strides" [B, K]``.
     """
-    raw = network_outputs(detector, images, canvas=canvas, network=network)
+    raw = network_outputs(detector, images, canvas=canvas, network=network, image_shape=image_shape)
     decoded = decode_candidates(
         raw["confidence"],
         raw["box_logits"],
@@ -109,7 +147,8 @@ def pre_nms_candidates(detector, images, canvas=None, network=None, return_candi
     return candidates
 
 
-def detect_batch(detector, images, bounding_box_format=None, canvas=None, return_box_distributions=False, network=None):
+def detect_batch(detector, images, bounding_box_format=None, canvas=None, return_box_distributions=False, network=None,
+                 image_shape=None):  # fmt: skip
     """Preprocess, run and post-process a batch of equally sized uint8 images (graph-safe).
 
     The body of ``GFLV2Detector.detect_batch``: ``pre_nms_candidates``' path followed by NMS
@@ -129,6 +168,9 @@ def detect_batch(detector, images, bounding_box_format=None, canvas=None, return
         network: callable ``[B, Hp, Wp, 3]`` float → the outputs of ``detector(x)``; default the
             portable ``detector(x, training=False)`` (what exports trace). ``detect``/``predict``
             pass their optimised one (``models.fast_inference.InferenceFunctions.network``).
+        image_shape: int ``[B, 2]`` for fixed-canvas images already resized (``canvas_inputs``,
+            the fixed-size exports): boxes are then in canvas pixels, ``rel_*`` formats relative
+            to each ``image_shape`` (that is, to the original image).
 
     The network runs with frozen BatchNorms folded into their convolutions. Decoding and NMS
     are float32 whatever the dtype policy.
@@ -151,7 +193,7 @@ def detect_batch(detector, images, bounding_box_format=None, canvas=None, return
         if bounding_box_format is None
         else validate_bounding_box_format(bounding_box_format)
     )
-    raw = network_outputs(detector, images, canvas=canvas, network=network)
+    raw = network_outputs(detector, images, canvas=canvas, network=network, image_shape=image_shape)
     detections = postprocess(
         raw["confidence"],
         raw["box_logits"],
@@ -165,7 +207,10 @@ def detect_batch(detector, images, bounding_box_format=None, canvas=None, return
         **(box_distribution_options(detector) if return_box_distributions else {}),
     )
     if fmt != "xyxy":
-        original_h, original_w = static_hw(images)
+        if image_shape is None:
+            original_h, original_w = static_hw(images)
+        else:  # per image, broadcast against the [B, K, 1] coordinates
+            original_h, original_w = (raw["image_info"]["image_shape"][:, i, None, None] for i in (0, 1))
         boxes = convert_boxes(detections["boxes"], "xyxy", fmt, original_h, original_w)
         detections["boxes"] = ops.where(detections["labels"][..., None] >= 0, boxes, -1.0)
     return detections

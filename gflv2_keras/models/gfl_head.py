@@ -139,30 +139,36 @@ class GFLHead(keras.layers.Layer):
 
         Both outputs are float32 whatever the layers' compute dtype (mixed precision): the
         score math (sigmoid, DGQP softmax / top-k, their product) runs in float32, as do ATSS
-        and the losses that consume the outputs.
+        and the losses that consume the outputs. A float64 head keeps float64 throughout (the
+        reference runs of the gradient-precision tests).
         """
         cls_feat = self._run_tower(self.cls_convs, feature)
         reg_feat = self._run_tower(self.reg_convs, feature)
-        box_logits = ops.cast(self.scales[level](self.gfl_reg(reg_feat)), "float32")
-        confidence = ops.sigmoid(ops.cast(self.gfl_cls(cls_feat), "float32"))
+        box_logits = ops.cast(self.scales[level](self.gfl_reg(reg_feat)), self.score_dtype)
+        confidence = ops.sigmoid(ops.cast(self.gfl_cls(cls_feat), self.score_dtype))
         if self.use_dgqp:
             confidence = confidence * self.quality(box_logits)
         return confidence, box_logits
 
     def quality(self, box_logits):
-        """DGQP: ``[B, H, W, 4(R+1)]`` scaled logits → ``[B, H, W, 1]`` float32 localisation quality.
+        """DGQP: ``[B, H, W, 4(R+1)]`` scaled logits → ``[B, H, W, 1]`` localisation quality (``score_dtype``).
 
-        The softmax / top-k statistics are float32; only the two small 1x1 convolutions run in
-        the layers' compute dtype.
+        The softmax / top-k statistics are float32 (float64 in a float64 head); only the two
+        small 1x1 convolutions run in the layers' compute dtype.
         """
-        box_logits = ops.cast(box_logits, "float32")
+        box_logits = ops.cast(box_logits, self.score_dtype)
         shape = ops.shape(box_logits)
         probs = ops.softmax(ops.reshape(box_logits, (shape[0], shape[1], shape[2], 4, self.reg_max + 1)), axis=-1)
         top, _ = ops.top_k(probs, self.reg_topk, sorted=True)
         stats = ops.concatenate([top, ops.mean(top, axis=-1, keepdims=True)], axis=-1) if self.add_mean else top
         stats = ops.reshape(stats, (shape[0], shape[1], shape[2], 4 * (self.reg_topk + int(self.add_mean))))
         hidden = ops.relu(self.reg_conf[0](stats))
-        return ops.sigmoid(ops.cast(self.reg_conf[1](hidden), "float32"))
+        return ops.sigmoid(ops.cast(self.reg_conf[1](hidden), self.score_dtype))
+
+    @property
+    def score_dtype(self):
+        """Dtype of the outputs and the score math: float32, or float64 for a float64 head."""
+        return "float64" if self.compute_dtype == "float64" else "float32"
 
     def call(self, features):
         confidence, box_logits = [], []

@@ -19,6 +19,9 @@ Named presets (``gflv2_keras.presets``) are plain data; their weights live in th
 """
 
 import json
+import re
+import tempfile
+import warnings
 from pathlib import Path
 
 import keras
@@ -28,12 +31,15 @@ from gflv2_keras.presets import PRESETS, missing_weights_message, preset_home, p
 
 CONFIG_FILE = "config.json"
 TASK_FILE = "task.json"
+TASK_WEIGHTS_FILE = "task.weights.h5"
 PREPROCESSOR_FILE = "preprocessor.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 # Handles keras-hub resolves itself (downloads into its cache).
 REMOTE_SCHEMES = ("hf://", "kaggle://", "modelscope://", "gs://")
 CLASS_OVERRIDES = ("num_classes", "class_names")
+# Groups of a weights file that are not layer weights (``load_weights_checked`` does not compare them).
+NOT_WEIGHTS = ("optimizer",)
 
 
 def is_remote(preset):
@@ -116,17 +122,18 @@ def _load_as_saved(cls, preset, overrides):
         if not (folder / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(missing_weights_message(str(preset), folder / WEIGHTS_FILE))
     elif is_remote(preset):
-        return _keras_hub_load(cls, str(preset), load_weights=True, **overrides)
+        return _quiet_keras_hub_load(cls, str(preset), overrides)
     else:
         folder = _local_folder(preset)
     config = read_config(folder)
     if not is_legacy_config(config):
-        return _keras_hub_load(cls, folder, load_weights=True, **overrides)
+        return _keras_hub_load_checked(cls, folder, overrides)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{folder}: no {WEIGHTS_FILE} (use load_weights=False for random weights)")
     model = cls(**{**config["config"], **overrides})
-    LegacyWeights(model).load_weights(str(weights))
+    legacy = LegacyWeights(model)
+    load_weights_checked(legacy, weights, folder / CONFIG_FILE, legacy.load_weights, legacy.save_weights)
     return model
 
 
@@ -144,6 +151,147 @@ def _local_folder(preset):
 def _keras_hub_load(cls, preset, load_weights, **overrides):
     """keras-hub's own task loading (``task.json``, ``task.weights.h5``, backbone and preprocessor)."""
     return keras_hub.models.ObjectDetector.from_preset.__func__(cls, str(preset), load_weights=load_weights, **overrides)
+
+
+def _keras_hub_load_checked(cls, folder, overrides):
+    """keras-hub's loading of a local preset folder, each weights file checked against the config first.
+
+    The steps of keras-hub's ``from_preset(load_weights=True)``: the task from ``task.json``
+    without weights, then ``task.weights.h5`` (the detector's own layers,
+    ``Task.load_task_weights``) and ``model.weights.h5`` (the backbone), each through
+    ``load_weights_checked``. Sharded backbone weights (``model.weights.json``) are left to keras-hub.
+    """
+    folder = Path(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        return _quiet_keras_hub_load(cls, folder, overrides)
+    model = _keras_hub_load(cls, folder, load_weights=False, **overrides)
+    if (folder / TASK_WEIGHTS_FILE).is_file():
+        load_weights_checked(model, folder / TASK_WEIGHTS_FILE, folder / TASK_FILE, model.load_task_weights,
+                             model.save_task_weights, leave_out=model.backbone)  # fmt: skip
+    backbone = model.backbone
+    load_weights_checked(backbone, folder / WEIGHTS_FILE, folder / CONFIG_FILE, backbone.load_weights,
+                         backbone.save_weights)  # fmt: skip
+    return model
+
+
+def _quiet_keras_hub_load(cls, preset, overrides):
+    """keras-hub's loading (remote handles, sharded weights) with Keras' warnings captured and its
+    "objects could not be loaded" error in one line."""
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        try:
+            return _keras_hub_load(cls, str(preset), load_weights=True, **overrides)
+        except ValueError as error:
+            if "could not be loaded" not in str(error):
+                raise
+            said = " ".join(" ".join(str(error).split("\n")[:3]).split())[:400]
+            raise ValueError(f"{preset}: the weights do not fit the preset's config: {said}") from None
+
+
+def load_weights_checked(target, path, config_path, load, save, leave_out=None):
+    """``load(path)`` once the weights file is known to hold exactly ``target``'s variables.
+
+    A variable of ``target`` missing from the file, one of the file that ``target`` has no
+    place for, or one of another shape (weights written for another architecture: depth,
+    widths, head, classes) is refused in one ``ValueError`` line naming the first mismatch
+    (its layer path, the expected and the found shape) and the counts, before or instead of
+    Keras' own per-layer messages, whose warnings are captured (none reaches the user).
+
+    Args:
+        target: the Keras model or layer the file is loaded into.
+        path: a ``.weights.h5`` file.
+        config_path: the config the model was built from (named in the message).
+        load: ``load(str(path))`` loads the file into ``target`` (``load_weights``,
+            ``load_task_weights``).
+        save: ``save(str(path))`` writes ``target``'s variables in the same layout
+            (``save_weights``, ``save_task_weights``): the expected tree, written only to
+            name a mismatch.
+        leave_out: a layer whose variables the file does not hold (the backbone, for
+            ``task.weights.h5``).
+
+    Raises:
+        ValueError: the file is not a weights file, or does not fit ``target``.
+    """
+    found = weights_file_shapes(path)
+    skipped = {id(v) for v in leave_out.weights} if leave_out is not None else set()
+    expected_count = len([v for v in target.weights if id(v) not in skipped])
+    if len(found) == expected_count:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            try:
+                load(str(path))
+                return
+            except (ValueError, KeyError, TypeError) as error:  # Keras' own check of a layer: named below
+                keras_error = error
+    else:
+        keras_error = None
+    with tempfile.TemporaryDirectory() as scratch:
+        expected_path = Path(scratch) / "expected.weights.h5"
+        save(str(expected_path))
+        expected = weights_file_shapes(expected_path)
+    problem = describe_mismatch(expected, found)
+    if problem is None:
+        if keras_error is None:  # equal trees (a variable shared by two layers counts twice): load it
+            with warnings.catch_warnings(record=True):
+                warnings.simplefilter("always")
+                load(str(path))
+            return
+        problem = " ".join(str(keras_error).split())[:300]
+    raise ValueError(f"{path}: the weights do not fit the model of {config_path}: {problem}; the file was written "
+                     "for another architecture (use the config it was saved with, or another weights file)")
+
+
+def weights_file_shapes(path):
+    """``{variable path in the file: shape}`` of a Keras ``.weights.h5`` file (``h5py``), its layers only.
+
+    The ``optimizer/`` group (saved with a compiled model, as a trained preset's) is left out:
+    it is training state, not the detector's weights, and Keras skips it when the optimizers differ.
+    """
+    import h5py
+
+    shapes = {}
+
+    def visit(name, item):
+        if isinstance(item, h5py.Dataset) and name.split("/")[0] not in NOT_WEIGHTS:
+            shapes[name] = tuple(item.shape)
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError as error:
+        raise ValueError(f"{path}: not a Keras weights file ({error})") from None
+    return shapes
+
+
+def describe_mismatch(expected, found):
+    """The counts and the first difference of two ``weights_file_shapes`` trees, or None when equal."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if not (missing or extra or reshaped):
+        return None
+    first = min(missing[:1] + extra[:1] + reshaped[:1], key=_path_order)
+    if first in reshaped:
+        what = f"{_readable(first)} expects shape {expected[first]}, the file has {found[first]}"
+    elif first in missing:
+        what = f"{_readable(first)} (shape {expected[first]}) is not in the file"
+    else:
+        what = f"the file's {_readable(first)} (shape {found[first]}) has no place in the model"
+    return (f"{len(reshaped)} variable(s) of another shape, {len(missing)} missing from the file, {len(extra)} "
+            f"extra in it (model {len(expected)}, file {len(found)}); first: {what}")
+
+
+def _path_order(path):
+    """Natural order of variable paths (``layer_2`` before ``layer_10``)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"[/_]", path)]
+
+
+def _readable(path):
+    """``layers/a/layers/b/vars/0`` -> ``a/b variable 0`` (the file's path without Keras' container names)."""
+    parts = path.split("/")
+    index = parts[-1] if len(parts) >= 2 and parts[-2] == "vars" else None
+    names = [p for p in (parts[:-2] if index is not None else parts) if p not in ("layers", "_layers")]
+    return "/".join(names) + (f" variable {index}" if index is not None else "")
 
 
 def _with_classes(cls, model, preset, classes):

@@ -31,7 +31,9 @@ def level_sizes(height, width, strides=STRIDES):
     stride = 1
     for s in strides:
         while stride < s:
-            h, w = -(-h // 2), -(-w // 2)
+            # ceil(h / 2) without a negative floor division: ONNX (tf2onnx) divides integers
+            # truncating, so -(-h // 2) of a dynamic size would round down in a --dynamic-size export.
+            h, w = (h + 1) // 2, (w + 1) // 2
             stride *= 2
         sizes.append((h, w))
     return sizes

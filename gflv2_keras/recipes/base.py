@@ -35,7 +35,8 @@ RECIPE_FIELDS = {
     "scale": "[long_max, short_max] keep-ratio resize target",
     "multiscale_range": "[short_min, short_max] sampled short side per image, or None (single scale)",
     "flip_prob": "probability of a horizontal flip",
-    "max_boxes": "boxes per image in a batch (fixed shapes), or None: largest in the batch",
+    "max_boxes": "boxes per image in a batch (fixed shapes), or None: the largest count of an image in the "
+    "training data, capped only for memory (training/options.py)",
     "seed": "seed of data order, scale and flip (stored in checkpoints)",
     "checkpoint_every_steps": "also checkpoint every N steps (checkpoints are always written at epoch ends)",
     "keep_checkpoints": "checkpoints kept on disk",

@@ -4,7 +4,11 @@ from gflv2_keras.recipes.catalog import RECIPES, list_recipes
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("recipes")
+    parser = subparsers.add_parser(
+        "recipes",
+        description="List the named training recipes (gflv2 train --recipe NAME): the preset each trains, its "
+        "epochs and the official config it reproduces.",
+    )
     parser.set_defaults(func=run)
 
 

@@ -4,9 +4,11 @@
 the one trainer runs with the checkpoints, resume, strategies and preset output of the official
 recipes. What it chooses:
 
-* classes: the dataset's (the trainer builds the detector for them); weights: the preset's
-  when it has them (``init_weights``: every weight but the classification output,
-  ``models.transfer``), none with ``from_scratch``;
+* classes: the dataset's, matched to the preset's by name (``data.class_map``, any order and
+  category ids): with the same names the detector is the preset's as it is (its class order);
+  otherwise its classes are the preset's names the data has, then the data's new names, and the
+  classification output is resized keeping the rows of the names in both (``models.transfer``);
+  weights: the preset's when it has them (``init_weights``), none with ``from_scratch``;
 * schedule: ``epochs`` (default 12) with x0.1 step decay at 2/3 and 11/12 of them (the 1x
   shape, decay at 8 and 11 of 12) and linear warm-up from 0.001 of the lr over
   ``min(500, half of the first epoch)`` iterations (the official 500 iterations would span
@@ -72,6 +74,7 @@ def finetune_recipe(
     Raises:
         ValueError: unknown preset or layout, or no usable training image (naming the file).
     """
+    from gflv2_keras.data.class_map import training_class_names
     from gflv2_keras.data.formats import detect_format, load_detection_dataset
     from gflv2_keras.models.preset_io import preset_config
 
@@ -134,8 +137,15 @@ def finetune_recipe(
         ),
     }
     recipe = validate_recipe(recipe, "finetune recipe")
+    preset_names = config.get("class_names") if init_weights else None
+    class_names = training_class_names(train_set.class_names, preset_names)  # the trainer's order, by name
+    note = ""
+    if preset_names is not None:
+        new = [n for n in class_names if n not in set(preset_names)]
+        note = f" (matched by name to the preset's {len(preset_names)} classes" + (f"; new: {new}" if new else "") + ")"
     say(
         f"[finetune] {kind} data {data}: {len(train_set.records)} training images, {train_set.num_classes} classes "
-        f"{list(train_set.class_names)}; from {'preset weights ' + init_weights if init_weights else 'random weights'}"
+        f"{class_names}; from {'preset weights ' + init_weights if init_weights else 'random weights'}"
+        + note
     )
     return recipe

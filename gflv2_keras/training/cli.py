@@ -3,14 +3,40 @@
 Two forms (exactly one of ``--recipe`` / ``--preset``):
     gflv2 train --recipe NAME --data-root DIR        an official recipe on COCO-layout data
     gflv2 train --preset NAME|DIR --data PATH        fine-tune on COCO JSON, Pascal VOC or YOLO data
-                [--val-data PATH] [--epochs N] [--batch-size B] [--image-size LONG SHORT]
+                [--val-data PATH] [--epochs N] [--batch-size B] [--image-size H W]
                 [--work-dir DIR] [--from-scratch]   (``recipes.finetune.finetune_recipe``)
+
+``--seed N`` fixes the initial weights, the data order, scale and flip (the recipe's ``seed``,
+0 by default): two runs with the same seed and options log the same losses. The options are
+checked before TensorFlow loads (``check_train_args``). When stdout is not a terminal (a log
+file, a pipe) each epoch is one line, without the progress bar's control codes.
 """
 
 import argparse
+import os
 import sys
 
 from gflv2_keras.models.precision import PRECISIONS
+from gflv2_keras.utils.arguments import (
+    add_image_size_argument,
+    add_seed_argument,
+    existing_dir,
+    existing_path,
+    positive_int,
+)
+from gflv2_keras.utils.cli import CommandLineParser, fit_verbosity
+
+# The keep-ratio scale is order-free, as mmdet's img_scale (max() is the long edge, min() the short).
+IMAGE_SIZE_HELP = (
+    "with --preset: keep-ratio training scale (default the preset's input_scale); order-free like mmdet's "
+    "img_scale: an image's long side is resized to at most max(H, W) and its short side to at most min(H, W), "
+    "so 800 1333 and 1333 800 are the same"
+)
+# Options of the fine-tuning form and of the recipe form only (flag, attribute).
+FINETUNE_ONLY = (("--data", "data"), ("--val-data", "val_data"), ("--image-size", "image_size"),
+                 ("--from-scratch", "from_scratch"))  # fmt: skip
+RECIPE_ONLY = (("--data-root", "data_root"), ("--train-annotations", "train_annotations"),
+               ("--val-annotations", "val_annotations"))  # fmt: skip
 
 EXIT_LOST_WORKER = 3  # distinct from a user's mistake (2): rerun every worker with --resume
 
@@ -23,43 +49,94 @@ def add_train_arguments(parser, with_recipe=True):
         which.add_argument("--preset", help="fine-tune this preset (name or folder) on --data (any layout)")
         parser.add_argument("--data", help="with --preset: training data: COCO JSON, Pascal VOC root or YOLO data.yaml")
         parser.add_argument("--val-data", help="with --preset: validation data (default: the 'val' split of a VOC / YOLO --data)")
-        parser.add_argument("--image-size", type=int, nargs=2, metavar=("LONG", "SHORT"),
-                            help="with --preset: keep-ratio training scale (default the preset's input_scale)")
+        add_image_size_argument(parser, help=IMAGE_SIZE_HELP)
         parser.add_argument("--from-scratch", action="store_true", help="with --preset: do not load the preset's weights")
-    parser.add_argument("--data-root", help="dataset folder; COCO layout: annotations/instances_train2017.json, train2017/")
+    parser.add_argument("--data-root", type=existing_dir,
+                        help="dataset folder; COCO layout: annotations/instances_train2017.json, train2017/")
     parser.add_argument("--work-dir", help="output folder (default work_dirs/RECIPE)")
-    parser.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
-    parser.add_argument("--batch-size", type=int, help="images per replica (override the recipe's batch_per_replica)")
+    parser.add_argument("--epochs", type=positive_int, help="override the recipe's number of epochs")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help="images per replica (override the recipe's batch_per_replica)")
+    add_seed_argument(parser, "seed of the initial weights, data order, scale and flip (default: the recipe's "
+                      "seed, 0); the same seed repeats a run, --resume needs the seed of the run")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the work dir")
-    parser.add_argument("--strategy", choices=("none", "mirrored", "multi-worker"), default="none")
-    parser.add_argument("--cpu-devices", type=int, help="split the CPU into N logical devices (mirrored on CPU)")
+    parser.add_argument("--strategy", choices=("none", "mirrored", "multi-worker"), default="none",
+                        help="tf.distribute strategy: none (one device, the default), mirrored (every GPU, or "
+                        "--cpu-devices logical CPUs), multi-worker (the machines of TF_CONFIG)")
+    parser.add_argument("--cpu-devices", type=positive_int,
+                        help="split the CPU into N logical devices (mirrored on CPU)")
     parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
                         help="float32 (official) or mixed precision (float16 with dynamic loss scaling)")
-    parser.add_argument("--accumulate", type=int, default=1, metavar="N",
+    parser.add_argument("--accumulate", type=positive_int, default=1, metavar="N",
                         help="micro-batches per update: global batch = replicas x batch size x N (mean gradient)")
-    parser.add_argument("--steps-per-epoch", type=int, help="cap the steps of an epoch (quick runs)")
-    parser.add_argument("--train-annotations", help="training annotation file (overrides the recipe path)")
-    parser.add_argument("--train-images", help="training image folder (COCO / VOC; with --preset: of --data)")
-    parser.add_argument("--val-annotations", help="validation annotation file")
-    parser.add_argument("--val-images", help="validation image folder (with --preset: of --val-data)")
+    parser.add_argument("--steps-per-epoch", type=positive_int, help="cap the steps of an epoch (quick runs)")
+    parser.add_argument("--train-annotations", type=existing_path,
+                        help="training annotation file (overrides the recipe path)")
+    parser.add_argument("--train-images", type=existing_dir,
+                        help="training image folder (COCO / VOC; with --preset: of --data)")
+    parser.add_argument("--val-annotations", type=existing_path, help="validation annotation file")
+    parser.add_argument("--val-images", type=existing_dir,
+                        help="validation image folder (with --preset: of --val-data)")
     parser.add_argument("--no-eval", action="store_true", help="skip the COCO evaluation callback")
-    parser.add_argument("--pretrained-backbone", metavar="FILE.pth",
+    parser.add_argument("--best-metric", choices=("AP", "AP50", "AP75", "APs", "APm", "APl"), default="AP",
+                        help="held-out metric that picks WORK_DIR/preset, the best evaluated epoch (default AP); "
+                        "WORK_DIR/last is the last epoch")
+    parser.add_argument("--pretrained-backbone", metavar="FILE.pth", type=existing_path,
                         help="ImageNet weights for the backbone (e.g. torchvision resnet50 .pth); needs PyTorch")
     return parser
 
 
 def build_train_parser(prog="gflv2 train", with_recipe=True):
-    parser = argparse.ArgumentParser(prog=prog, description="Train a GFLv2 detector with a recipe.")
+    parser = CommandLineParser(prog=prog, description="Train a GFLv2 detector with a recipe.")
     return add_train_arguments(parser, with_recipe)
 
 
+def check_train_args(args):
+    """The checks of ``gflv2 train`` that need no TensorFlow, run before it loads (``precheck``).
+
+    Values, paths and sizes are checked by argparse already (``utils.arguments``); here: the
+    options of the other form, an unknown recipe or a broken recipe file, and with ``--preset``
+    (``check_finetune_args``) the preset and the layout of ``--data`` / ``--val-data``.
+    """
+    from gflv2_keras.recipes import load_recipe
+
+    if getattr(args, "preset", None) is not None:
+        check_finetune_args(args)
+        return
+    given = [flag for flag, name in FINETUNE_ONLY if getattr(args, name, None)]
+    if given:
+        raise ValueError(f"{', '.join(given)} go with --preset, not --recipe")
+    if getattr(args, "recipe", None) is not None:
+        load_recipe(args.recipe)
+
+
+def check_finetune_args(args):
+    """``gflv2 train --preset``: ``--data`` given and readable as a layout, the preset known, no recipe-only option."""
+    from gflv2_keras.data.formats import detect_format
+    from gflv2_keras.presets import PRESETS, list_presets
+
+    if not args.data:
+        raise ValueError("--preset needs --data PATH (COCO JSON, Pascal VOC root or YOLO data.yaml)")
+    recipe_only = [flag for flag, name in RECIPE_ONLY if getattr(args, name)]
+    if recipe_only:
+        raise ValueError(f"{', '.join(recipe_only)} go with --recipe; with --preset give --data / --val-data")
+    if args.preset not in PRESETS and not os.path.isdir(args.preset) and "://" not in args.preset:
+        raise ValueError(f"--preset {args.preset}: neither a preset name ({', '.join(list_presets())}) nor a folder")
+    for flag, path in (("--data", args.data), ("--val-data", args.val_data)):
+        if path:
+            try:
+                detect_format(path)
+            except ValueError as error:
+                raise ValueError(f"{flag}: {error}") from None
+
+
 def run_train(args, recipe=None):
-    """Runs the trainer from parsed arguments; returns the exit code.
+    """Runs the trainer from parsed arguments (checked by ``check_train_args``); returns the exit code.
 
     A wrong option or missing data raises before anything is built (``options.resolve_run``),
     which the ``gflv2`` entry point reports in one line with exit code 2; then the stages run
-    as in ``trainer.train``.
+    as in ``trainer.train``, ``fit`` with one line per epoch when stdout is not a terminal.
     """
     from gflv2_keras.recipes import load_recipe, validate_recipe
     from gflv2_keras.training.options import resolve_run
@@ -68,10 +145,9 @@ def run_train(args, recipe=None):
     finetune = recipe is None and getattr(args, "preset", None) is not None
     if finetune:
         recipe = finetune_from_args(args)
-    elif getattr(args, "data", None) or getattr(args, "val_data", None) or getattr(args, "image_size", None) \
-            or getattr(args, "from_scratch", False):
-        raise ValueError("--data, --val-data, --image-size and --from-scratch go with --preset, not --recipe")
     recipe = recipe if recipe is not None else load_recipe(args.recipe)
+    if args.seed is not None:
+        recipe = validate_recipe({**recipe, "seed": args.seed}, "--seed")
     if args.pretrained_backbone:
         recipe = validate_recipe({**recipe, "pretrained_backbone": args.pretrained_backbone}, "--pretrained-backbone")
     options = resolve_run(
@@ -92,6 +168,8 @@ def run_train(args, recipe=None):
         evaluate=not args.no_eval,
         precision=args.precision,
         accumulate=args.accumulate,
+        best_metric=args.best_metric,
+        verbose=fit_verbosity(),
     )
     trainer = Trainer(options)
     try:
@@ -117,15 +195,9 @@ def run_train(args, recipe=None):
 
 
 def finetune_from_args(args):
-    """The ``finetune_recipe`` of ``gflv2 train --preset``; COCO-recipe-only options are refused."""
+    """The ``finetune_recipe`` of ``gflv2 train --preset`` (options checked by ``check_finetune_args``)."""
     from gflv2_keras.recipes.finetune import finetune_recipe
 
-    if not args.data:
-        raise ValueError("--preset needs --data PATH (COCO JSON, Pascal VOC root or YOLO data.yaml)")
-    recipe_only = [f"--{name.replace('_', '-')}" for name in ("data_root", "train_annotations", "val_annotations")
-                   if getattr(args, name)]
-    if recipe_only:
-        raise ValueError(f"{', '.join(recipe_only)} go with --recipe; with --preset give --data / --val-data")
     return finetune_recipe(
         args.preset,
         args.data,
@@ -144,12 +216,21 @@ def run_recipe_cli(recipe, argv=None):
     from gflv2_keras.utils.cli import run_command, split_verbose
 
     argv, verbose = split_verbose(sys.argv[1:] if argv is None else argv)
-    parser = build_train_parser(prog=f"python recipes/{recipe['name']}.py", with_recipe=False)
-    args = parser.parse_args(argv)
-    sys.exit(run_command("train", lambda: run_train(args, recipe=recipe), verbose))
+    args = recipe_parser(recipe).parse_args(argv)
+    sys.exit(run_command("train", lambda: run_train(args, recipe=recipe), verbose, prog=recipe_prog(recipe),
+                         check=lambda: check_train_args(args)))  # fmt: skip
+
+
+def recipe_prog(recipe):
+    return f"python recipes/{recipe['name']}.py"
+
+
+def recipe_parser(recipe):
+    """The command line of ``recipes/NAME.py``: ``gflv2 train``'s options without ``--recipe`` / ``--preset``."""
+    return build_train_parser(prog=recipe_prog(recipe), with_recipe=False)
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("train", description=__doc__)
+    parser = subparsers.add_parser("train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
-    parser.set_defaults(func=run_train)
+    parser.set_defaults(func=run_train, precheck=check_train_args)

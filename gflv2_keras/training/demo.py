@@ -8,6 +8,9 @@ curve, draws predictions on held-out images and leaves the trained preset folder
 
 Output folder layout: ``data/`` (the dataset), ``work_dir/`` (checkpoints, logs, ``preset/``),
 ``predictions.png``, ``curve.json`` and ``curve.png`` (loss and held-out AP per epoch).
+
+``--seed N`` changes the training seed (initial weights, data order, scale and flip; the
+recipe's is 0), not the dataset, which is always the same. Training prints one line per epoch.
 """
 
 import json
@@ -23,7 +26,7 @@ PICTURE_IMAGES = 8
 PICTURE_MIN_SCORE = 0.3
 
 
-def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False, overwrite=False):
+def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False, overwrite=False, seed=None):
     """Generates the data, trains, evaluates, draws; returns a summary dict.
 
     Args:
@@ -34,6 +37,7 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False, overwr
         resume: continue an interrupted demo from its last checkpoint.
         overwrite: start over in an ``output`` that holds a previous demo run (its work dir is
             deleted); without it (or ``resume``) such a folder is refused, unchanged.
+        seed: the training seed (``None``: the recipe's, 0); the synthetic dataset does not change.
 
     Returns:
         dict: ``history`` (per-epoch logs), ``AP``, ``AP50`` (last evaluation), ``seconds``,
@@ -66,6 +70,8 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False, overwr
     recipe = load_recipe(DEMO_RECIPE)
     if quick:
         recipe.update(epochs=1, lr_steps=[], warmup_iters=1, checkpoint_every_steps=1)
+    if seed is not None:
+        recipe["seed"] = int(seed)
     result = train(
         recipe,
         work_dir,
@@ -163,15 +169,20 @@ def _jsonable(spec):
 
 
 def register(subparsers):
+    from gflv2_keras.utils.arguments import add_seed_argument, positive_int
+
     parser = subparsers.add_parser("demo", description=__doc__)
     parser.add_argument("--output", default="gflv2_demo", help="output folder (default ./gflv2_demo)")
-    parser.add_argument("--epochs", type=int, help="override the demo recipe's epochs")
+    parser.add_argument("--epochs", type=positive_int, help="override the demo recipe's epochs")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few images, 2 steps")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     parser.add_argument("--overwrite", action="store_true", help="start over, deleting a previous demo run in --output")
+    add_seed_argument(parser, "training seed: initial weights, data order, scale and flip (default 0, the recipe's); "
+                      "the synthetic dataset stays the same")
     parser.set_defaults(func=_run)
 
 
 def _run(args):
-    run_demo(args.output, epochs=args.epochs, quick=args.quick, resume=args.resume, overwrite=args.overwrite)
+    run_demo(args.output, epochs=args.epochs, quick=args.quick, resume=args.resume, overwrite=args.overwrite,
+             seed=args.seed)
     return 0

@@ -16,16 +16,24 @@ from types import MappingProxyType
 
 import tensorflow as tf
 
+from gflv2_keras.training.callbacks import BEST_METRICS
 from gflv2_keras.training.precision import POLICIES
 from gflv2_keras.training.strategy import STRATEGIES
 
 DATA_FIELDS = ("train_data", "train_images", "val_data", "val_images")
 # Older override names of the COCO annotation files, still accepted.
 DATA_ALIASES = {"train_annotations": "train_data", "val_annotations": "val_data"}
-# Boxes per image when the recipe does not set max_boxes: a fixed box count keeps one traced
-# training step per canvas (and XLA needs it); COCO train2017 has at most 93 non-crowd boxes in
-# an image. Boxes beyond it are dropped with a warning naming the images.
-XLA_MAX_BOXES = 100
+# max_boxes, the boxes per image of every training batch (a fixed count keeps one traced training
+# step per canvas, and XLA needs it): the recipe's when it sets one, else the largest count of
+# an image in the training split, so nothing is dropped (COCO train2017: 93 non-crowd boxes;
+# crowded scenes have hundreds), capped only where memory says so. The rule of the cap: the ATSS
+# assigner (assigners/atss.py) works on [images, box slots, points] matrices, at its peak about
+# ASSIGNER_BYTES_PER_PAIR bytes per (image, box slot, anchor point) (measured, BENCHMARKS.md
+# "max_boxes"); the cap keeps one replica's batch on the largest training canvas within
+# ASSIGNER_MEMORY_BUDGET. Boxes past max_boxes are dropped, and each image that loses some is
+# named in the run's summary line and data_problems.txt (records.report_boxes_over).
+ASSIGNER_BYTES_PER_PAIR = 40  # measured 34-40 (TensorFlow, CPU, 800x1344 canvas, 0-1000 boxes)
+ASSIGNER_MEMORY_BUDGET = 2 * 2**30
 VERBOSITY = ("auto", 0, 1, 2)
 
 # name -> meaning of every keyword ``train`` accepts besides its named arguments.
@@ -47,6 +55,7 @@ OVERRIDES = {
     "verbose": "fit verbosity: 'auto', 0, 1 or 2",
     "precision": "'float32' (official), 'bfloat16' or 'float16' (mixed precision; float16 with loss scaling)",
     "accumulate": "micro-batches per optimizer update (int >= 1): global batch = replicas x batch_per_replica x N",
+    "best_metric": "the held-out metric that picks WORK_DIR/preset (the best epoch): AP, AP50, AP75, APs, APm or APl",
 }
 DEFAULTS = {
     "epochs": None,
@@ -66,6 +75,7 @@ DEFAULTS = {
     "verbose": "auto",
     "precision": "float32",
     "accumulate": 1,
+    "best_metric": "AP",
 }
 
 
@@ -82,7 +92,7 @@ class TrainOptions:
             and ``val_data`` may be None) and the ``train_split`` / ``val_split`` names.
         strategy: a name of ``STRATEGIES`` or a ``tf.distribute.Strategy``.
         cpu_devices, resume, callbacks, steps_per_epoch, jit_compile, evaluate, tensorboard,
-        save_preset, verbose, precision, accumulate: see ``OVERRIDES`` and ``trainer.train``.
+        save_preset, verbose, precision, accumulate, best_metric: see ``OVERRIDES`` and ``trainer.train``.
     """
 
     recipe: MappingProxyType
@@ -100,11 +110,12 @@ class TrainOptions:
     verbose: object = "auto"
     precision: str = "float32"
     accumulate: int = 1
+    best_metric: str = "AP"
 
     @property
     def max_boxes(self):
-        """Boxes per image of a batch: the recipe's, else ``XLA_MAX_BOXES`` (fixed shapes: one trace per canvas)."""
-        return self.recipe["max_boxes"] or XLA_MAX_BOXES
+        """The recipe's boxes per image of a batch, or None: decided from the data (``resolve_max_boxes``)."""
+        return self.recipe["max_boxes"] or None
 
     @property
     def checkpoint_dir(self):
@@ -142,6 +153,7 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
     _check("accumulate", values["accumulate"], _is_int(values["accumulate"]) and values["accumulate"] >= 1,
            "an int >= 1")
     _check("precision", values["precision"], values["precision"] in POLICIES, f"one of {tuple(POLICIES)}")
+    _check("best_metric", values["best_metric"], values["best_metric"] in BEST_METRICS, f"one of {BEST_METRICS}")
     for field in ("epochs", "batch_per_replica", "steps_per_epoch", "cpu_devices"):
         _check(field, values[field], values[field] is None or _is_int(values[field]) and values[field] >= 1,
                "None or an int >= 1")
@@ -192,10 +204,50 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
             f: values[f]
             for f in (
                 "steps_per_epoch", "jit_compile", "evaluate", "tensorboard", "save_preset", "verbose", "precision",
-                "accumulate",
+                "accumulate", "best_metric",
             )
         },
     )
+
+
+def memory_box_cap(batch_per_replica, canvases):
+    """The most boxes per image whose assigner matrices fit ``ASSIGNER_MEMORY_BUDGET``.
+
+    Args:
+        batch_per_replica: images of one replica's (micro-)batch.
+        canvases: the ``(H, W)`` training canvases (``data.canvas.training_canvases``); the one
+            with the most anchor points (strides 8..128) counts.
+
+    Returns:
+        ``budget // (batch_per_replica x points x ASSIGNER_BYTES_PER_PAIR)``, at least 1.
+    """
+    from gflv2_keras.ops.boxes import level_sizes
+
+    points = max(sum(h * w for h, w in level_sizes(int(H), int(W))) for H, W in canvases)
+    return max(1, ASSIGNER_MEMORY_BUDGET // (int(batch_per_replica) * points * ASSIGNER_BYTES_PER_PAIR))
+
+
+def resolve_max_boxes(recipe_max_boxes, largest, batch_per_replica, canvases):
+    """The run's ``max_boxes`` and why it is that value (see ``ASSIGNER_MEMORY_BUDGET`` for the rule).
+
+    Args:
+        recipe_max_boxes: ``TrainOptions.max_boxes`` (the recipe's), or None.
+        largest: the most boxes of one usable training image (``records.largest_box_count``).
+        batch_per_replica, canvases: see ``memory_box_cap``.
+
+    Returns:
+        ``(max_boxes, why)``: ``why`` is ``""`` for the largest count, else a phrase such as
+        ``" (the recipe's max_boxes)"`` to follow ``max_boxes is N`` in a problem line.
+    """
+    if recipe_max_boxes:
+        return int(recipe_max_boxes), " (the recipe's max_boxes)"
+    cap = memory_box_cap(batch_per_replica, canvases)
+    if largest > cap:
+        return cap, (
+            f" (capped for memory: {batch_per_replica} images per replica on canvases up to "
+            f"{max(h for h, _ in canvases)}x{max(w for _, w in canvases)}, rule in training/options.py)"
+        )
+    return max(1, int(largest)), ""
 
 
 # What a training run writes in its work dir; any of them means the folder holds a run.

@@ -8,8 +8,11 @@ as detectron2's ``detectron2/engine/defaults.py DefaultTrainer`` (``build_model`
 ``build_optimizer``, ``build_train_loader``, ``build_hooks``) and TF Model Garden's
 ``official/vision/tasks/retinanet.py RetinaNetTask``:
 
-1. ``build_data``: the training split in any layout (``data.formats``: COCO, VOC, YOLO) and,
-   when the run evaluates, the validation split, the global batch
+1. ``build_data``: the training split in any layout (``data.formats``: COCO, VOC, YOLO; images
+   too thin for the recipe's scale left out) and, when the run evaluates, the validation split
+   (refused when none of its image files is readable), ``max_boxes`` (the largest box count of a
+   training image unless the recipe sets it, capped only for memory: ``options.resolve_max_boxes``;
+   what it drops is named), the global batch
    (``batch_per_replica`` x the replicas of the ``tf.distribute`` strategy: ``none``,
    ``mirrored`` over the GPUs or N logical CPU devices, ``multi-worker`` from ``TF_CONFIG``),
    the steps per epoch, and the endless, deterministic stream of global batches (order, scale
@@ -22,24 +25,34 @@ as detectron2's ``detectron2/engine/defaults.py DefaultTrainer`` (``build_model`
 2. ``build_schedule``: ``WarmupStepDecay`` with the lr scaled to the global batch;
 3. ``build_model``: the preset's ``GFLV2Detector`` under ``strategy.scope()`` (frozen stages and
    BatchNorm behaviour from the preset config) with the dataset's classes, its initial weights
-   (``init_weights`` or an ImageNet backbone), compiled with ``CoupledSGD``, optionally with
+   (``init_weights`` or an ImageNet backbone; classes matched by name: the initial weights' order
+   where they have the data's names, classifier rows kept by name, ``data.class_map``,
+   ``models.transfer.with_class_names``), compiled with ``CoupledSGD``, optionally with
    XLA; the detector's training function (``models.train_function`` on TensorFlow,
    ``GFLV2Detector.compute_loss`` owns the loss);
 4. ``restore_or_start``: with ``resume``, the newest valid checkpoint after checking it belongs
-   to this run; the chief creates the work dir and writes ``recipe.json``;
-5. ``build_callbacks``: lr in the logs, COCO evaluation on the val split, checkpoints (every N
-   steps and every epoch end, atomic), the step timer, the CSV log, TensorBoard, the caller's
+   to this run (``build_data`` has checked that the data has the run's class names,
+   ``resumed_class_names``); the chief creates the work dir and writes ``recipe.json``;
+5. ``build_callbacks``: the chief first writes the training boxes at a glance (``labels.png``,
+   ``ground_truth/``); lr in the logs, COCO evaluation on the val split (with its pictures), the
+   best-epoch preset, checkpoints (every N steps and every epoch end, atomic), the step timer, the
+   CSV log, TensorBoard (per-epoch and per-step scalars, prediction pictures), the caller's
    callbacks, then Keras' progress bar (``loss qfl dfl giou lr``);
 6. ``fit``: Keras ``fit`` over the stream, resumable exactly after a crash at any moment;
-7. ``write_outputs``: the trained preset folder ``WORK_DIR/preset`` (``save_to_preset``) and
-   ``history.json``.
+7. ``write_outputs``: the last epoch's preset folder ``WORK_DIR/last`` (``save_to_preset``;
+   ``WORK_DIR/preset``, the best evaluated epoch, is written during the run), the summary of
+   the best epoch, and ``history.json``.
 
 Only the chief (``strategy.is_chief``) writes files; every worker runs every step.
 
 Work-dir layout: ``checkpoints/ckpt-*.npz``, ``log.csv`` (per-epoch logs), ``tensorboard/`` (when
-the ``tensorboard`` package is installed), ``preset/``, ``recipe.json``, ``history.json``,
-``detections/epoch_{N}.json`` (COCO results of each evaluation), ``data_problems.txt`` (every
-problem found in the data, when there is one).
+the ``tensorboard`` package is installed: ``train/`` and ``validation/`` per epoch, ``steps/`` per step,
+``predictions/`` pictures), ``preset/`` (the epoch with the best held-out ``best_metric``, default
+AP; the last epoch when the run never evaluates), ``last/`` (the last epoch), ``recipe.json``,
+``history.json``, ``curve.png``, ``labels.png`` and ``ground_truth/`` (the training boxes,
+``data.show``), ``detections/epoch_{N}.json`` (COCO results of each evaluation),
+``evaluation/epoch_{N}/`` (its ``pr_curves.png``, ``confusion_matrix.png``, ``examples/``),
+``data_problems.txt`` (every problem found in the data, when there is one).
 """
 
 import dataclasses
@@ -52,18 +65,32 @@ import keras
 import tensorflow as tf
 
 from gflv2_keras.data.canvas import training_canvases
-from gflv2_keras.training.callbacks import LearningRateLogger, NonFiniteGuard, StepTimer, tensorboard_available
+from gflv2_keras.training.callbacks import (
+    BEST_PRESET,
+    LAST_PRESET,
+    SELECTED_KEY,
+    BestPresetCallback,
+    LearningRateLogger,
+    NonFiniteGuard,
+    PredictionImageLogger,
+    StepScalarLogger,
+    StepTimer,
+    tensorboard_available,
+)
 from gflv2_keras.training.checkpoint import CheckpointCallback, latest_checkpoint, restore_checkpoint
 from gflv2_keras.training.curves import draw_curve
 from gflv2_keras.training.optimizer import CoupledSGD
-from gflv2_keras.training.options import resolve_run
+from gflv2_keras.training.options import resolve_max_boxes, resolve_run
 from gflv2_keras.training.precision import dtype_policy_scope, wrap_for_precision
 from gflv2_keras.training.schedule import UpdateCountSchedule, WarmupStepDecay, scale_learning_rate
 from gflv2_keras.training.strategy import broadcast_from_chief, build_strategy, check_strategy, is_chief, shard_for
+from gflv2_keras.utils.locks import hold_folder, releases_locks
 
 # Run facts that must be equal in a checkpoint and the run resuming from it.
 RESUME_MUST_MATCH = ("steps_per_epoch", "global_batch_size", "shuffle_seed", "preset")
 DATA_PROBLEMS_FILE = "data_problems.txt"
+TRAINING_PICTURES = 4  # ground-truth pictures the chief writes into the work dir at the start
+TENSORBOARD_IMAGES = 4  # validation images whose predictions TensorBoard shows after each evaluation
 
 
 def train(recipe, work_dir=None, *, data_root=None, strategy="none", resume=False, callbacks=None, **overrides):
@@ -80,8 +107,9 @@ def train(recipe, work_dir=None, *, data_root=None, strategy="none", resume=Fals
         callbacks: extra Keras callbacks (run after the built-in ones, before the progress bar).
         **overrides: ``epochs``, ``batch_per_replica``, the data paths, ``steps_per_epoch``,
             ``cpu_devices``, ``jit_compile``, ``evaluate``, ``tensorboard``, ``save_preset``,
-            ``verbose``, ``precision``, ``accumulate`` (``options.OVERRIDES`` says what each means). An unknown name or a bad
-            value raises ``ValueError`` naming it before anything is built.
+            ``verbose``, ``precision``, ``accumulate``, ``best_metric`` (``options.OVERRIDES`` says what
+            each means). An unknown name or a bad value raises ``ValueError`` naming it before
+            anything is built.
 
     Returns:
         dict: ``history`` (one dict per epoch since the start of the run, resumed epochs
@@ -114,6 +142,10 @@ class TrainingData:
         val_dataset: the validation ``DetectionDataset`` (``for_training=False``), or None when
             the run does not evaluate.
         accumulate: micro-batches (``fit`` steps) per optimizer update.
+        max_boxes: boxes per image of every batch (``options.resolve_max_boxes``: the recipe's,
+            else the largest count of a training image, capped only for memory).
+        dropped_boxes: ``{image_id: boxes}`` not trained on because the image has more than
+            ``max_boxes`` (each named in ``data_problems.txt``).
     """
 
     dataset: object
@@ -124,6 +156,8 @@ class TrainingData:
     stream: Callable
     val_dataset: object = None
     accumulate: int = 1
+    max_boxes: int = None
+    dropped_boxes: dict = dataclasses.field(default_factory=dict)
 
     @property
     def micro_batch_size(self):
@@ -161,8 +195,20 @@ class Trainer:
         self.chief = is_chief(strategy)
         self.run_id = None  # set by restore_or_start: new, or the resumed run's
 
+    @releases_locks
     def run(self):
-        """All the stages; returns the dict documented in ``train``."""
+        """All the stages; returns the dict documented in ``train``.
+
+        The chief holds the work dir's lock (``utils.locks``) until the run ends: a second run on
+        the same work dir refuses in one line; one that finished there meanwhile is refused as in
+        ``options.resolve_run`` (unless resuming).
+        """
+        if self.chief:
+            from gflv2_keras.training.options import refuse_used_work_dir
+
+            hold_folder(self.options.work_dir, "--work-dir", recursive=True)
+            if not self.options.resume:
+                refuse_used_work_dir(self.options.work_dir)
         data = self.build_data()
         schedule = self.build_schedule(data)
         self.describe(data, schedule)
@@ -188,15 +234,30 @@ class Trainer:
 
         Both splits are read with ``data.formats.load_detection_dataset`` (COCO JSON, Pascal VOC
         or YOLO); the validation split only when the run evaluates, with the training split's
-        classes. The chief writes every problem found in the data to ``WORK_DIR/data_problems.txt``.
+        classes. Classes are matched by name: the run's order is that of the initial weights where
+        they name the data's classes (``data.class_map.training_class_names``), or, resuming, the
+        run's own (``resumed_class_names``). The chief writes every problem found in the data to
+        ``WORK_DIR/data_problems.txt``.
         """
+        from gflv2_keras.data.coco import check_image_files
+        from gflv2_keras.data.class_map import reorder_classes, training_class_names
         from gflv2_keras.data.formats import load_detection_dataset
         from gflv2_keras.data.grouping import grouped_epoch_steps
+        from gflv2_keras.data.records import largest_box_count, report_boxes_over, require_readable_images
+        from gflv2_keras.models.transfer import preset_class_names
 
         recipe, paths = self.recipe, self.options.data_paths
-        dataset = load_detection_dataset(
-            paths["train_data"], paths["train_split"], images=paths["train_images"], for_training=True
+        dataset = load_detection_dataset(  # images too thin for the recipe's scale are left out, named
+            paths["train_data"], paths["train_split"], images=paths["train_images"], for_training=True,
+            scale=tuple(recipe["scale"]),
         )
+        # The run's classes, by name: the initial weights' order where they have the data's names;
+        # resuming, the run's own (other names refused before anything is built).
+        initial_names = preset_class_names(recipe["init_weights"]) if recipe["init_weights"] else None
+        class_names = training_class_names(dataset.class_names, initial_names)
+        if self.options.resume and self.chief:
+            class_names = resumed_class_names(self.options.checkpoint_dir, class_names, self.strategy)
+        reorder_classes(dataset, class_names)
         val_dataset = None
         if self.evaluates:
             val_dataset = load_detection_dataset(
@@ -208,6 +269,11 @@ class Trainer:
             )
             if not val_dataset.records:
                 raise ValueError(f"{val_dataset.annotation_file}: the validation split has no image (or pass --no-eval)")
+            check_image_files(val_dataset)
+            try:  # a run that could only report AP 0 is refused before it starts
+                require_readable_images(val_dataset, "validation")
+            except ValueError as error:
+                raise ValueError(f"{error}; pass --no-eval to train without evaluation") from None
         elif self.options.evaluate and recipe["eval_every_epochs"]:
             print("[train] evaluation off: the recipe has no validation data (val_data)")
         # With accumulation the grouped batch holds the N micro-batches of one update (the official
@@ -215,21 +281,27 @@ class Trainer:
         accumulate = self.options.accumulate
         global_batch = recipe["batch_per_replica"] * self.strategy.num_replicas_in_sync * accumulate
         steps = grouped_epoch_steps(dataset, global_batch)  # reads the image headers: finds unreadable files
-        self.write_data_problems(dataset, val_dataset)
         if self.options.steps_per_epoch:
             steps = min(steps, self.options.steps_per_epoch)
         canvases = tuple(training_canvases(recipe["scale"], recipe["multiscale_range"]))
+        usable = dataset.usable_records()
+        max_boxes, why = resolve_max_boxes(
+            self.options.max_boxes, largest_box_count(usable), recipe["batch_per_replica"], canvases
+        )
+        dropped = report_boxes_over(dataset, max_boxes, usable, why)  # named in data_problems.txt
+        self.write_data_problems(dataset, val_dataset)
         stream = functools.partial(
             training_stream,
             dataset,
             recipe,
             global_batch,
             canvases,
-            self.options.max_boxes,
+            max_boxes,
             self.strategy,
             accumulate=accumulate,
         )
-        return TrainingData(dataset, global_batch, steps, recipe["epochs"], canvases, stream, val_dataset, accumulate)
+        return TrainingData(dataset, global_batch, steps, recipe["epochs"], canvases, stream, val_dataset, accumulate,
+                            max_boxes, dropped)
 
     @property
     def evaluates(self):
@@ -268,7 +340,10 @@ class Trainer:
             + f" = global batch {data.global_batch_size}, lr {schedule.base_lr:g}, precision {self.options.precision}, "
             f"{recipe['epochs']} epochs x {data.steps_per_epoch} steps, {len(data.canvases)} canvases up to "
             f"{max(h for h, _ in data.canvases)}x{max(w for _, w in data.canvases)}, "
-            f"XLA {'on' if self.options.jit_compile else 'off'}, work dir {self.options.work_dir}"
+            f"max_boxes {data.max_boxes}"
+            + (f" ({sum(data.dropped_boxes.values())} boxes of {len(data.dropped_boxes)} images over it not "
+               f"trained on, listed in {DATA_PROBLEMS_FILE})" if data.dropped_boxes else "")
+            + f", XLA {'on' if self.options.jit_compile else 'off'}, work dir {self.options.work_dir}"
         )
 
     def build_model(self, data, schedule):
@@ -277,6 +352,7 @@ class Trainer:
         The seed is the recipe's, so the same recipe starts from the same random weights.
         """
         from gflv2_keras.models.detector import GFLV2Detector
+        from gflv2_keras.models.transfer import with_class_names
 
         recipe = self.recipe
         # The pipeline's targets are xyxy pixels, whatever format an initialising preset was saved with.
@@ -287,8 +363,13 @@ class Trainer:
         }
         keras.utils.set_random_seed(int(recipe["seed"]))
         with self.strategy.scope(), dtype_policy_scope(self.options.precision):
-            if recipe["init_weights"]:
-                model = GFLV2Detector.from_preset(recipe["init_weights"], load_weights=True, **classes)
+            if recipe["init_weights"]:  # loaded as saved, then its classes matched to the data's by name
+                model = GFLV2Detector.from_preset(recipe["init_weights"], load_weights=True, bounding_box_format="xyxy")
+                model, kept = with_class_names(model, classes["class_names"])
+                if kept != classes["class_names"]:
+                    new = [n for n in classes["class_names"] if n not in kept]
+                    print(f"[train] classes {classes['class_names']}: the classifier rows of {kept} come from "
+                          f"{recipe['init_weights']} by name, {new} start from the official initialisation")
             else:
                 model = GFLV2Detector.from_preset(recipe["preset"], load_weights=False, **classes)
             model.build_for_inference()
@@ -319,17 +400,18 @@ class Trainer:
             "accumulate": self.options.accumulate,
             "base_lr": schedule.base_lr,
             "run_id": self.run_id,
+            "class_names": list(data.dataset.class_names),  # a resume must bring the same names (any order)
         }
 
     def restore_or_start(self, model, data, schedule):
         """Stage 4: ``(history, start_iteration)``; restores the newest checkpoint when resuming.
 
         ``resume`` without a checkpoint starts from scratch with a message; a checkpoint of
-        another run (``RESUME_MUST_MATCH``) raises ``ValueError``. In a multi-worker run only the
-        chief reads its checkpoints (the machines need not share a disk) and every worker then
-        takes the chief's weights, optimizer state and iteration (``broadcast_from_chief``). The
-        chief then creates the work dir and writes ``recipe.json`` (the resolved recipe,
-        overrides applied).
+        another run (``RESUME_MUST_MATCH``; class names: ``build_data``, ``resumed_class_names``)
+        raises ``ValueError``. In a multi-worker run only the chief reads its checkpoints (the
+        machines need not share a disk) and every worker then takes the chief's weights,
+        optimizer state and iteration (``broadcast_from_chief``). The chief then creates the work
+        dir and writes ``recipe.json`` (the resolved recipe, overrides applied).
         """
         history, start = [], 0
         self.run_id = uuid.uuid4().hex
@@ -357,11 +439,18 @@ class Trainer:
         """Stage 5: the ``fit`` callbacks, in order (``RunCallbacks``).
 
         ``NonFiniteGuard`` comes first (a NaN / Inf step stops the run before it is saved);
-        ``LearningRateLogger`` and ``CocoEvaluationCallback`` come before the checkpointer so
-        ``lr`` and ``val_AP...`` enter the stored history; the non-chief workers keep the
-        checkpointer (it counts the history) but write nothing.
+        ``LearningRateLogger`` and ``CocoEvaluationCallback`` (its pictures in
+        ``WORK_DIR/evaluation/epoch_{N}/``) come before the checkpointer so ``lr`` and
+        ``val_AP...`` enter the stored history; between them ``BestPresetCallback`` keeps
+        ``WORK_DIR/preset`` at the epoch of the best ``val_{best_metric}`` (a resumed run keeps
+        the best of its history). TensorBoard (when installed): Keras' per-epoch logs, the losses
+        and lr of every step (``StepScalarLogger``) and each evaluation's pictures of a few fixed
+        validation images (``PredictionImageLogger``). The non-chief workers keep the checkpointer
+        (it counts the history) but write nothing. The chief first writes the training split's
+        ``labels.png`` and ``ground_truth/`` pictures (``write_data_pictures``).
         """
         options, recipe, work_dir = self.options, self.recipe, self.options.work_dir
+        self.write_data_pictures(data)
         checkpointer = CheckpointCallback(
             str(options.checkpoint_dir),
             self.run_state(data, schedule),
@@ -372,6 +461,8 @@ class Trainer:
         )
         timer = StepTimer(data.micro_batch_size)  # images per fit step
         callbacks = [NonFiniteGuard(), LearningRateLogger(schedule)]
+        tensorboard = options.tensorboard and self.chief and tensorboard_available()
+        self.best_preset = None
         if data.val_dataset is not None:
             from gflv2_keras.evaluation.callback import CocoEvaluationCallback
 
@@ -381,18 +472,46 @@ class Trainer:
                     every_n_epochs=recipe["eval_every_epochs"],
                     max_images=recipe["eval_max_images"],
                     output_json=str(work_dir / "detections" / "epoch_{epoch}.json") if self.chief else None,
+                    plots_dir=str(work_dir / "evaluation" / "epoch_{epoch}") if self.chief else None,
                 )
             )
+            if options.save_preset:
+                self.best_preset = BestPresetCallback(
+                    work_dir / BEST_PRESET, options.best_metric, history, write=self.chief,
+                    metadata={"description": f"trained with recipe {recipe['name']}", "recipe": recipe["name"]},
+                )
+                callbacks.append(self.best_preset)
+            if tensorboard:
+                callbacks.append(PredictionImageLogger(
+                    work_dir / "tensorboard" / "predictions", data.val_dataset.usable_records()[:TENSORBOARD_IMAGES],
+                    data.val_dataset.class_names,
+                ))
         callbacks += [checkpointer, timer]
         if self.chief:
             callbacks.append(keras.callbacks.CSVLogger(str(work_dir / "log.csv"), append=True))
-        if options.tensorboard and self.chief:
-            if tensorboard_available():
-                callbacks.append(keras.callbacks.TensorBoard(str(work_dir / "tensorboard"), write_graph=False))
-            else:
-                print("[train] TensorBoard logs skipped: the tensorboard package is not installed (pip install tensorboard)")
+        if tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(str(work_dir / "tensorboard"), write_graph=False))
+            callbacks.append(StepScalarLogger(work_dir / "tensorboard" / "steps", accumulate=data.accumulate))
+        elif options.tensorboard and self.chief:
+            print("[train] TensorBoard logs skipped: the tensorboard package is not installed (pip install tensorboard)")
         callbacks += list(options.callbacks)
         return RunCallbacks(callbacks, checkpointer, timer)
+
+    def write_data_pictures(self, data):
+        """The chief writes the training split's ``labels.png`` (box statistics) and ``ground_truth/``
+        (``TRAINING_PICTURES`` images with their boxes) into the work dir (``data.show.show_data``);
+        a resumed run keeps those already there."""
+        from gflv2_keras.data.show import output_paths, show_data
+
+        work_dir = self.options.work_dir
+        if not self.chief or (self.options.resume and output_paths(work_dir)["labels"].exists()):
+            return
+        dataset = data.dataset
+        written = show_data(dataset, work_dir, num_images=TRAINING_PICTURES, seed=int(self.recipe["seed"]),
+                            overwrite=True, title=f"Labels of the training split {dataset.annotation_file}"
+                            + (f" [{dataset.split}]" if dataset.split else ""))
+        print(f"[train] the training boxes at a glance: {written['labels']}; "
+              f"{len(written['pictures'])} images with their boxes in {written['ground_truth']}")
 
     def fit(self, model, data, callbacks, start):
         """Stage 6: ``fit`` from iteration ``start`` to the end of the run; returns the last iteration.
@@ -421,8 +540,13 @@ class Trainer:
         return iteration
 
     def write_outputs(self, model, data, iteration, history):
-        """Stage 7: the chief writes ``WORK_DIR/preset`` (unless ``save_preset=False``), ``history.json``
-        and ``curve.png`` (loss and held-out AP per epoch).
+        """Stage 7: the chief writes ``WORK_DIR/last`` (the last epoch's preset) and makes sure of
+        ``WORK_DIR/preset`` (unless ``save_preset=False``), then ``history.json`` and ``curve.png``
+        (loss and held-out AP per epoch).
+
+        ``preset/`` is the epoch with the best held-out ``best_metric``, written during the run
+        (``BestPresetCallback``); a run that never evaluated writes the last epoch there too, and
+        says so. The summary line names the best epoch and its value, and the last one's.
 
         Returns the preset folder, or None when none was written.
         """
@@ -430,7 +554,8 @@ class Trainer:
             return None
         work_dir, preset_dir = self.options.work_dir, None
         if self.options.save_preset:
-            preset_dir = work_dir / "preset"
+            preset_dir, last_dir = work_dir / BEST_PRESET, work_dir / LAST_PRESET
+            last_epoch = int(history[-1]["epoch"]) if history else -(-iteration // data.steps_per_epoch)
             metadata = {
                 "description": f"trained with recipe {self.recipe['name']}",
                 "recipe": self.recipe["name"],
@@ -438,8 +563,21 @@ class Trainer:
                 "epochs": iteration / data.steps_per_epoch,
                 "final_epoch_logs": history[-1] if history else {},
             }
-            model.save_to_preset(str(preset_dir), metadata=metadata, overwrite=True)  # the run's own folder
-            print(f"[train] preset folder written: {preset_dir}")
+            last = {"by": "last epoch", "epoch": last_epoch}
+            model.save_to_preset(str(last_dir), metadata={**metadata, SELECTED_KEY: last}, overwrite=True)
+            best = self.best_preset.best if getattr(self, "best_preset", None) is not None else None
+            if best is None or not (preset_dir / "metadata.json").is_file():
+                why = ("the run never evaluated" if best is None
+                       else f"the folder of the best epoch {best['epoch']} is missing")
+                selected = {**last, "by": f"last epoch ({why})"}
+                model.save_to_preset(str(preset_dir), metadata={**metadata, SELECTED_KEY: selected}, overwrite=True)
+                print(f"[train] preset folder written: {preset_dir} = the last epoch {last_epoch} ({why}), as {last_dir}")
+            else:
+                key = best["metric"]
+                final = history[-1] if history else {}
+                print(f"[train] best epoch {best['epoch']} of {last_epoch}: {key} {best['value']:.4f}, preset folder "
+                      f"{preset_dir}; last epoch {last_epoch}"
+                      + (f" ({key} {float(final[key]):.4f})" if key in final else " (not evaluated)") + f": {last_dir}")
         (work_dir / "history.json").write_text(json.dumps(history, indent=2))
         curve = draw_curve(history, str(work_dir / "curve.png"))
         if curve:
@@ -542,3 +680,34 @@ def check_resume_state(path, state, run_state):
                 f"{path}: cannot resume exactly, checkpoint {field} = {state.get(field)!r} but this run has "
                 f"{run_state[field]!r} (use the same recipe, batch size, replicas and data)"
             )
+
+
+def resumed_class_names(checkpoint_dir, class_names, strategy):
+    """The class order of a resumed run: ``class_names`` (the data's, by name), or the run's own.
+
+    The newest checkpoint of ``checkpoint_dir`` records the run's ``class_names`` (checkpoints of
+    earlier versions, or none at all: ``class_names`` as they are). Other names raise
+    ``ValueError`` in one line naming the missing and new ones; the same names in another order
+    (the data rewritten in another layout) give the run's order, which the data is relabelled to
+    (``data.class_map.reorder_classes``) and the model built in, so the checkpoint's classifier rows
+    keep their classes. A multi-worker run refuses that case (only the chief reads checkpoints).
+    """
+    from gflv2_keras.data.class_map import describe_difference
+    from gflv2_keras.training.checkpoint import read_checkpoint
+
+    path = latest_checkpoint(checkpoint_dir)
+    recorded = None if path is None else read_checkpoint(path)[0].get("class_names")
+    if recorded is None or list(recorded) == list(class_names):
+        return class_names
+    if sorted(recorded) != sorted(class_names):
+        raise ValueError(
+            f"{path}: cannot resume: the run was trained for the classes {recorded}, the data has {class_names} "
+            f"({describe_difference(recorded, class_names)}; classes are matched by name)"
+        )
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise ValueError(
+            f"{path}: cannot resume with --strategy multi-worker: the data lists the run's classes in another "
+            f"order ({class_names}, the run {recorded}); give the data its classes in the run's order"
+        )
+    print(f"[train] --resume: the data lists the classes in another order; matched by name to the run's {recorded}")
+    return list(recorded)

@@ -71,7 +71,7 @@ def test_box_layout_is_convert_boxes_of_the_xyxy_detections(fmt, layout, layout_
 
     detector, _, image = layout_setup
     plain, other = load_exported(exports(fmt, "xyxy")), load_exported(exports(fmt, layout))
-    assert other.bounding_box_format == layout
+    assert other.output_box_format == layout and other.bounding_box_format == "xyxy"  # what detect returns
     metadata = json.loads((exports(fmt, layout) / "export.json").read_text())
     assert metadata["bounding_box_format"] == layout and "box_layout" not in metadata
     reference = plain.run_batch(image[None])[0]
@@ -114,7 +114,7 @@ def test_an_old_yxyx_export_reads_as_normalised(fmt, model_layout, layout_setup,
         export_box_format({"box_layout": "xywh"})
     old = load_exported(legacy_copy(exports(fmt, model_layout), tmp_path, "yxyx"))
     plain = load_exported(exports(fmt, "xyxy"))
-    assert old.bounding_box_format == "rel_yxyx"
+    assert old.output_box_format == "rel_yxyx"
     boxes = old.run_batch(image[None])[0]["boxes"]
     assert 0 <= boxes.min() and boxes.max() <= 1 + 1e-6
     assert_same_detections(old.run_batch(image[None])[0], plain.run_batch(image[None])[0], "rel_yxyx")
@@ -133,7 +133,7 @@ def test_cli_box_layout_yxyx_is_pixels_with_a_note(layout_setup, exports, tmp_pa
     notes = [line for line in (out + err).splitlines() if "rel_yxyx" in line]
     assert len(notes) == 1 and "pixels" in notes[0], out + err
     exported = load_exported(folder)
-    assert exported.bounding_box_format == "yxyx"
+    assert exported.output_box_format == "yxyx"
     reference = load_exported(exports("onnx", "xyxy")).run_batch(image[None])[0]
     assert_same_detections(exported.run_batch(image[None])[0], reference, "yxyx")
 

@@ -62,27 +62,33 @@ import numpy as np
 
 folder, images_path, out_path = sys.argv[1:4]
 meta = json.load(open(f"{folder}/export.json"))
-images = np.load(images_path)
-fmt = meta["format"]
+stored = np.load(images_path)
+images = [stored[f"image{i}"] for i in range(len(stored.files))]
+fmt, fixed = meta["format"], meta["canvas"] == "fixed"
+if fixed:  # fixed canvas: postprocess.py letterboxes the image (and runs LiteRT's NMS)
+    spec = importlib.util.spec_from_file_location("postprocess", f"{folder}/postprocess.py")
+    postprocess = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(postprocess)
 if fmt == "onnx":
     import onnxruntime as ort
     session = ort.InferenceSession(f"{folder}/model.onnx", providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    run = lambda x: dict(zip(names, session.run(None, {"images": x})))
+    run = lambda feeds: dict(zip(names, session.run(None, feeds)))
 elif fmt == "openvino":
     import openvino as ov
     compiled = ov.Core().compile_model(f"{folder}/model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    run = lambda x: {o.get_any_name(): v for o, v in zip(compiled.outputs, compiled(x).values())}
+    run = lambda feeds: {o.get_any_name(): v for o, v in zip(compiled.outputs, compiled(feeds).values())}
 else:
     from ai_edge_litert.interpreter import Interpreter
     runner = Interpreter(model_path=f"{folder}/model.tflite").get_signature_runner()
-    spec = importlib.util.spec_from_file_location("postprocess", f"{folder}/postprocess.py")
-    postprocess = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(postprocess)
-    run = lambda x: runner(images=x)
+    run = lambda feeds: runner(**feeds)
 results = {}
 for i, image in enumerate(images):
-    out = run(image[None])
+    if fixed:
+        canvas, shape = postprocess.letterbox(image, *meta["input_size"])
+        out = run({"images": canvas[None], "image_shape": shape[None]})
+    else:
+        out = run({"images": image[None]})
     if meta["nms_inside"]:
         n = int(out["num_detections"][0])
         boxes, confidence, labels = (out[k][0, :n] for k in ("detection_boxes", "detection_scores", "detection_classes"))
@@ -92,17 +98,22 @@ for i, image in enumerate(images):
                                       c["score_threshold"], c["iou_threshold"], c["max_detections"],
                                       output_boxes=out.get("candidate_output_boxes"))[0]
         boxes, confidence, labels = det["boxes"], det["confidence"], det["labels"]
+    if fixed:  # canvas pixels -> the image's own pixels
+        boxes = postprocess.to_original(boxes, shape, image.shape[:2])
     results[f"boxes{i}"], results[f"confidence{i}"], results[f"labels{i}"] = boxes, confidence, labels
 np.savez(out_path, **results)
 """
 
 
 def run_fresh(folder, images, tmp_path):
-    np.save(tmp_path / "images.npy", np.stack(images))
+    """Each image (any sizes) through the export in a fresh ``python -I`` without the package, as a
+    deployment runs it: ``postprocess.py``'s letterbox for a fixed canvas, the image as is otherwise;
+    boxes in the image's own pixels."""
+    np.savez(tmp_path / "images.npz", **{f"image{i}": image for i, image in enumerate(images)})
     (tmp_path / "fresh.py").write_text(FRESH_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, "-I", str(tmp_path / "fresh.py"), str(folder), str(tmp_path / "images.npy"),
+        [sys.executable, "-I", str(tmp_path / "fresh.py"), str(folder), str(tmp_path / "images.npz"),
          str(tmp_path / "out.npz")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -117,7 +117,7 @@ def test_litert_export_is_the_candidates_and_detect(graph_setup, tmp_path):
     runner = Interpreter(model_path=str(folder / "model.tflite")).get_signature_runner()
     exported = load_exported(folder)
     for image in images:
-        out = runner(images=image[None])
+        out = runner(images=image[None], image_shape=np.int32([image.shape[:2]]))  # the image fills the canvas
         assert set(out) == {"candidate_boxes", "candidate_scores"}
         expected = detection_graph.pre_nms_candidates(detector, tf.constant(image[None]))
         assert_same_candidates(out["candidate_boxes"][0], out["candidate_scores"][0], expected["boxes"][0],

@@ -128,7 +128,7 @@ def test_no_warmup_flag(exported, tmp_path):
         code = main(["export", "--preset", str(exported.root / "preset"), "--output", str(base), "--no-warmup"])
     assert code == 0
     assert (base / "1" / "saved_model.pb").is_file()
-    assert not (base / "1" / "assets.extra").exists()
+    assert not (base / "1" / "assets.extra" / "tf_serving_warmup_requests").exists()
 
 
 def test_tf_example_signature_equals_detect(exported, loaded):

@@ -202,7 +202,15 @@ def test_an_empty_recipe_training_set_is_one_line(tmp_path, capsys):
     assert "no usable training image" in error and "steps_per_epoch" not in error
 
 
-def test_evaluate_reports_the_problems_of_the_ground_truth(pretrained, data, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, nano_factory):
+    """A nano preset for the fine-tuning classes: evaluation matches the data's classes to the preset's by name."""
+    directory = tmp_path_factory.mktemp("tuned") / "preset"
+    nano_factory(seed=9, class_names=FINETUNE_CLASSES, input_scale=[128, 96]).save_to_preset(str(directory))
+    return str(directory)
+
+
+def test_evaluate_reports_the_problems_of_the_ground_truth(tuned, data, tmp_path, capsys):
     content = json.loads(open(data["coco_val"]).read())
     image = dict(content["images"][0])
     content["images"].append({**image, "id": 999, "file_name": "missing.jpg"})
@@ -214,7 +222,7 @@ def test_evaluate_reports_the_problems_of_the_ground_truth(pretrained, data, tmp
     bad.write_text(json.dumps(content))
     images = os.path.dirname(data["coco_val"]).replace("annotations", "val")
     metrics = tmp_path / "m.json"
-    assert cli_main(["evaluate", "--preset", pretrained, "--data", str(bad), "--images", images,
+    assert cli_main(["evaluate", "--preset", tuned, "--data", str(bad), "--images", images,
                      "--metrics", str(metrics)]) == 0
     out = capsys.readouterr()
     text = out.out + out.err
