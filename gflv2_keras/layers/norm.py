@@ -109,9 +109,7 @@ def precise_mean(x, axes):
     ``B`` keeps each running sum short (the mean of a ``[2, 48, 64, C]`` batch over ``B, H, W``:
     1e-7 relative instead of 7e-7, PyTorch's cascade sum 6e-8).
     """
-    for axis in sorted(axes, reverse=True):
-        x = ops.mean(x, axis=axis, keepdims=True)
-    return x
+    return _one_axis_at_a_time(ops.mean, x, axes)
 
 
 def moments(x, axes):
@@ -161,8 +159,12 @@ def normalize(x, mean, variance, gamma, beta, axes, epsilon):
 
 def _precise_sum(x, axes):
     """Sum over ``axes`` (keepdims), one axis at a time, innermost first (see ``precise_mean``)."""
+    return _one_axis_at_a_time(ops.sum, x, axes)
+
+
+def _one_axis_at_a_time(reduce, x, axes):
     for axis in sorted(axes, reverse=True):
-        x = ops.sum(x, axis=axis, keepdims=True)
+        x = reduce(x, axis=axis, keepdims=True)
     return x
 
 

@@ -25,7 +25,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from gflv2_keras.assigners.atss import atss_assign  # noqa: E402
