@@ -117,18 +117,21 @@ def run_runtime_benchmark(preset, height, width, runtimes=RUNTIMES, warmup=2, it
     with tempfile.TemporaryDirectory(prefix="gflv2_runtime_bench_") as folder:
         runners = _runners(detector, runtimes, height, width, threads, folder, log)
         available = {name: fn for name, (fn, _) in runners.items() if fn is not None}
-        for name, fn in available.items():
+        # With int8 rows, the matmul floors are timed in the same rounds (the same load as the rows).
+        floors = matmul_floor_calls(threads) if any(r.endswith("-int8") for r in available) else {}
+        timed = {**available, **{f"matmul {p}": call for p, call in floors.items()}}
+        for name, fn in timed.items():
             log(f"warming up {name} ({warmup} calls) ...")
             for _ in range(warmup):
                 fn(image)
             times[name] = []
         for round_index in range(iterations):
-            for name, fn in available.items():  # interleaved: shared-machine load hits all alike
+            for name, fn in timed.items():  # interleaved: shared-machine load hits all alike
                 start = time.perf_counter()
                 fn(image)
                 times[name].append(time.perf_counter() - start)
             log(f"round {round_index + 1}/{iterations}: "
-                + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" for n in available))  # fmt: skip
+                + ", ".join(f"{n} {times[n][-1] * 1e3:.0f} ms" for n in timed))  # fmt: skip
     rows = []
     for name, (_, note) in runners.items():
         samples = times.get(name)
@@ -143,23 +146,26 @@ def run_runtime_benchmark(preset, height, width, runtimes=RUNTIMES, warmup=2, it
     cpu, isa = facts["cpu"], " ".join(facts["isa"])
     context = {"preset": preset, "height": height, "width": width, "threads": threads, "warmup": warmup,
                "iterations": iterations, "cpu": cpu, "isa": isa, "random_weights": random_weights}  # fmt: skip
-    if any(r.endswith("-int8") for r in available):
+    if floors:
         from gflv2_keras.benchmarks.inference_benchmark import count_network_flops
         from gflv2_keras.models.preprocessing import canvas_size
 
-        log("measuring the matmul floors (OpenVINO, float32 and int8) ...")
-        context["floors"] = matmul_floors(threads)
+        context["floors"] = {p: 2.0 * MATMUL_SIZE**3 / statistics.median(times[f"matmul {p}"]) for p in floors}
         context["network_flops"] = count_network_flops(detector, *canvas_size(height, width, detector.input_scale))
     return rows, context
 
 
-def matmul_floors(threads, size=2048, repeats=5):
-    """``{"float32": FLOP/s, "int8": OP/s}`` of a ``size^3`` matmul in OpenVINO's CPU plugin (oneDNN).
+MATMUL_SIZE = 2048
+
+
+def matmul_floor_calls(threads, size=MATMUL_SIZE):
+    """``{"float32": call, "int8": call}``: one ``size^3`` matmul each in OpenVINO's CPU plugin (oneDNN).
 
     The int8 one has ``FakeQuantize`` on both operands, which the plugin runs as a u8 x s8 GEMM
     (VNNI / AMX where present): the rate int8 convolutions can reach, as the float32 one is the
     float32 convolutions' (TensorFlow's own float32 floor is the inference table's GEMM floor).
-    Empty when OpenVINO is not installed.
+    Each call ignores its argument (it is timed like a runtime's ``detect(image)``). Empty when
+    OpenVINO is not installed.
     """
     try:
         import openvino as ov
@@ -168,7 +174,7 @@ def matmul_floors(threads, size=2048, repeats=5):
         return {}
     rng = np.random.default_rng(0)
     weights = opset.constant(rng.standard_normal((size, size)).astype(np.float32))
-    floors = {}
+    calls = {}
     for precision in ("float32", "int8"):
         a = opset.parameter([size, size], np.float32, name="a")
         if precision == "int8":
@@ -180,15 +186,8 @@ def matmul_floors(threads, size=2048, repeats=5):
         compiled = ov.Core().compile_model(ov.Model([product], [a]), "CPU",
                                            {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})  # fmt: skip
         request, x = compiled.create_infer_request(), rng.standard_normal((size, size)).astype(np.float32)
-        for _ in range(2):
-            request.infer({0: x})
-        seconds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            request.infer({0: x})
-            seconds.append(time.perf_counter() - start)
-        floors[precision] = 2.0 * size**3 / statistics.median(seconds)
-    return floors
+        calls[precision] = lambda _image, request=request, x=x: request.infer({0: x})
+    return calls
 
 
 def format_runtime_table(rows, context):
@@ -213,7 +212,8 @@ def format_runtime_table(rows, context):
     floors, flops = context.get("floors"), context.get("network_flops")
     if floors and flops:
         floor_ms = {p: flops / rate * 1e3 for p, rate in floors.items()}
-        lines += ["", f"matmul floors (OpenVINO / oneDNN, 2048^3, {context['threads']} threads): float32 "
+        lines += ["", f"matmul floors (OpenVINO / oneDNN, {MATMUL_SIZE}^3, {context['threads']} threads, timed in the "
+                  "same rounds): float32 "
                   f"{floors['float32'] / 1e9:.0f} GFLOP/s, int8 {floors['int8'] / 1e9:.0f} GOP/s; network "
                   f"{flops / 1e9:.0f} GFLOP -> floor float32 {floor_ms['float32']:.0f} ms, int8 {floor_ms['int8']:.0f} ms"]  # fmt: skip
         shares = [f"{r['runtime']} {floor_ms['int8' if r['runtime'].endswith('-int8') else 'float32'] / r['median_ms']:.2f}"

@@ -2,16 +2,16 @@
 
 ``calibration_images(path, count)`` reads any layout ``--data`` accepts elsewhere (a COCO JSON,
 a Pascal VOC root, a YOLO ``data.yaml`` or its folder: ``data.formats.load_detection_dataset``;
-only the images are used, annotations are not needed to be right) or a plain folder of images
+only the images are used, not the boxes) or a plain folder of images
 (``inference.images.collect_image_paths``: sorted, by suffix, not recursive). Every image is
 decoded by the library's one reader (``data.image_io``: uint8 RGB ``[h, w, 3]``, EXIF
 orientation applied, in the annotation's frame for a dataset), so the calibration sees the
 pixels ``gflv2 predict`` / ``evaluate`` feed the export.
 
-Of ``M`` readable images, ``count`` are taken evenly spaced over the listing (deterministic:
+Of the ``M`` images listed, ``count`` are taken evenly spaced over the listing (deterministic:
 datasets are often sorted by source or date, so the first ``count`` would be one corner of it).
-Unreadable files (missing, corrupt, over the pixel limit) are named on stderr and left out; no
-readable image at all is an error naming ``path``; fewer than ``RECOMMENDED_IMAGES`` is warned
+Unreadable files among them (missing, corrupt, over the pixel limit) are named on stderr and left
+out; no readable image at all is an error naming ``path``; fewer than ``RECOMMENDED_IMAGES`` is warned
 (activation ranges from a handful of images clip what the calibration did not see).
 
 ``export_feeds(images, input_size, batch_size)`` turns them into the inputs of the export, fed

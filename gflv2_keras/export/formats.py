@@ -170,7 +170,7 @@ def export_portable(detector, fmt, output, input_size=None, batch_size=1, box_la
     return target
 
 
-def _onnx_proto(function):
+def onnx_proto(function):
     from gflv2_keras.layers.deform_conv2d import force_portable
 
     tf2onnx = require("tf2onnx", "onnx")
@@ -183,7 +183,7 @@ def _onnx_proto(function):
 def _write_onnx(function, folder, weights, detector):
     onnx = require("onnx", "onnx")
     path = folder / MODEL_FILES["onnx"]
-    proto = _onnx_proto(function)
+    proto = onnx_proto(function)
     if weights == "fp32":
         onnx.save(proto, str(path))
         return
@@ -214,7 +214,7 @@ def _write_litert(function, folder, weights, detector):
 def _write_openvino(function, folder, weights, detector):
     ov = require("openvino", "openvino")
     onnx_path = folder / "intermediate.onnx"
-    require("onnx", "openvino").save(_onnx_proto(function), str(onnx_path))
+    require("onnx", "openvino").save(onnx_proto(function), str(onnx_path))
     model = ov.convert_model(str(onnx_path))
     ov.save_model(model, str(folder / MODEL_FILES["openvino"]), compress_to_fp16=False)
     onnx_path.unlink()

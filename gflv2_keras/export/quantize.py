@@ -43,7 +43,7 @@ SENSITIVE_LAYERS = {
     "dgqp": ("bbox_head-reg_conf",),
 }
 # The default: none. Measured (BENCHMARKS.md, "Calibrated int8"): on the demo's held-out images
-# every layer in int8 costs ONNX Runtime 0.0011 AP, and keeping the head's output convolutions and
+# every layer in int8 costs ONNX Runtime 0.0010 AP, and keeping the head's output convolutions and
 # the DGQP branch in float32 moves AP by 0.0005 (ONNX) / 0.0004 (OpenVINO): not worth their time.
 KEEP_FLOAT = ()
 # Op types quantized inside the network (everything else there stays float), per graph kind.
@@ -149,13 +149,13 @@ def write_calibrated(fmt, function, folder, calibration, input_size, batch_size=
         ``dict`` for ``export.json``'s ``"quantization"``: method, tool, what stays float, the
         calibration images used.
     """
-    from gflv2_keras.export.formats import MODEL_FILES, _onnx_proto, require
+    from gflv2_keras.export.formats import MODEL_FILES, onnx_proto, require
 
     onnx = require("onnx", fmt)
     require("onnxruntime.quantization" if fmt == "onnx" else "nncf", fmt)
     keep_float = KEEP_FLOAT if keep_float is None else tuple(keep_float)
     float_path = Path(folder) / "float32_for_calibration.onnx"
-    onnx.save(_onnx_proto(function), str(float_path))
+    onnx.save(onnx_proto(function), str(float_path))
     try:
         quantize = quantize_onnx if fmt == "onnx" else quantize_openvino
         size = input_size if isinstance(input_size, str) else tuple(input_size)

@@ -3,9 +3,12 @@
 * The calibration set reads a COCO JSON, a Pascal VOC root, a YOLO data.yaml and a plain folder
   of the same 8 images into the same pixels; unreadable, missing and empty inputs are named.
 * The int8 exports really quantize activations (``QuantizeLinear`` / ``FakeQuantize`` nodes on
-  the convolutions' inputs, none after the head), load in a fresh process that cannot import
-  ``gflv2_keras`` and return detections in pixels of the input (NMS inside, as the float exports),
-  close to the float export's; the in-package runner maps them back to the original image's pixels.
+  the convolutions' inputs; top-k, gathers and NMS read float tensors), load in a fresh process
+  that cannot import ``gflv2_keras`` and return, with NMS inside as the float exports, detections
+  in the original image's pixels (images of another size than the canvas) that reproduce most of
+  ``detector.detect``'s; the in-package runner gives the same detections.
+* CLI mistakes around calibration are one line; ``int8`` without calibration data says it is
+  weights-only; the runtime benchmark has the int8 rows, images/s and the floor shares.
 """
 
 import hashlib
@@ -121,6 +124,8 @@ def test_calibrated_int8_export_runs_fresh_in_its_runtime(fmt, scored_nano, cali
         dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
         assert len(quantize) >= len(convs) > 0
         assert all(n.input[0] in dequantized for n in convs), "every Conv reads a dequantized int8 activation"
+        after_head = [n for n in graph.node if n.op_type in ("TopK", "NonMaxSuppression", "GatherND")]
+        assert after_head and not any(i in dequantized for n in after_head for i in n.input), "decoding stays float"
     else:
         xml = (folder / "model.xml").read_text()
         assert len(re.findall(r'type="FakeQuantize"', xml)) >= len(re.findall(r'type="Convolution"', xml)) > 0
@@ -194,3 +199,19 @@ def test_runtime_benchmark_times_the_int8_exports():
     context.update(floors={"float32": 200e9, "int8": 800e9}, network_flops=400e9)  # floors 2000 ms, 500 ms
     lines = runtime_benchmark.format_runtime_table(rows, context).splitlines()
     assert lines[-1] == "share of the floor of its precision (floor ms / detect ms): openvino-int8 1.25, tf 2.00"
+
+
+@pytest.mark.slow
+@needs_extra("onnx")
+@needs_extra("openvino")
+def test_runtime_benchmark_int8_rows_and_floors(nano_factory, tmp_path):
+    from gflv2_keras.benchmarks import runtime_benchmark
+
+    preset = tmp_path / "preset"
+    nano_factory(seed=0).save_to_preset(preset)
+    rows, context = runtime_benchmark.run_runtime_benchmark(
+        str(preset), 96, 128, runtimes=["tf", "onnxruntime-int8"], warmup=1, iterations=2, log=lambda _: None
+    )
+    assert [r["runtime"] for r in rows] == ["tf", "onnxruntime-int8"] and all(r["median_ms"] > 0 for r in rows)
+    assert set(context["floors"]) == {"float32", "int8"} and context["network_flops"] > 0
+    assert "share of the floor" in runtime_benchmark.format_runtime_table(rows, context)
