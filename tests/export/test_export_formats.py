@@ -154,6 +154,7 @@ def test_export_runs_in_its_runtime_like_detect(fmt, setup, tmp_path):
     assert code == 2 and "--overwrite" in err
 
 
+@pytest.mark.slow  # moved out of the default run for its time (issue 20)
 @needs_extra("litert")
 @pytest.mark.parametrize("weights", ["fp16", "int8"])
 def test_litert_reduced_weights_stay_close(weights, setup, tmp_path):

@@ -228,6 +228,7 @@ def test_one_graph_serves_every_image_size():
     assert detector._inference_functions.traces == 1
 
 
+@pytest.mark.slow  # moved out of the default run for its time (issue 20)
 def test_xla_retracing_is_bounded_by_the_canvases():
     keras.utils.set_random_seed(0)
     detector = GFLV2Detector.from_preset("gflv2_test_r18_nano", load_weights=False, inference_jit=True)

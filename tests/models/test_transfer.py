@@ -25,6 +25,7 @@ def _by_key(detector):
     return {"/".join(v.path.split("/")[-2:]): v.numpy() for v in detector.weights}
 
 
+@pytest.mark.slow  # moved out of the default run for its time (issue 20)
 def test_new_classes_keep_every_other_weight_and_reinitialise_the_classifier(trained_preset, capsys):
     folder, saved = trained_preset
     detector = GFLV2Detector.from_preset(str(folder), num_classes=2, class_names=["cat", "dog"])
