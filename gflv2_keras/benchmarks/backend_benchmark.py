@@ -45,20 +45,24 @@ def variants(backends, compare_with=None):
     return found
 
 
-def run_backend_benchmark(preset, height, width, backends, compare_with=None, warmup=2, repeats=5):
-    """Median ``predict`` ms per variant; returns ``[{"variant", "median_ms", "times_ms", "warmup_s"}]``."""
+def time_in_workers(script, arguments, found_variants, rounds):
+    """Runs ``script`` (a worker: one JSON ``{"ready", "warmup_s"}`` line, then one ``{"ms"}`` line per
+    input line) once per variant of ``variants``; the workers take turns, ``rounds`` times each.
+
+    Returns ``[{"variant", "warmup_s", "times_ms"}]``; the processes are killed afterwards.
+    """
     workers = []
-    for label, backend, source in variants(backends, compare_with):
+    for label, backend, source in found_variants:
         env = {**os.environ, "KERAS_BACKEND": backend, "GFLV2_SOURCE": source, "TF_CPP_MIN_LOG_LEVEL": "3"}
         process = subprocess.Popen(
-            [sys.executable, "-c", WORKER, preset, str(height), str(width), str(warmup)],
+            [sys.executable, "-c", script, *arguments],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )  # fmt: skip
         workers.append({"variant": label, "process": process, "times_ms": []})
     try:
         for worker in workers:  # one at a time: compilation must not overlap the others' timing
             worker["warmup_s"] = read_reply(worker)["warmup_s"]
-        for _ in range(repeats):
+        for _ in range(rounds):
             for worker in workers:
                 worker["process"].stdin.write("run\n")
                 worker["process"].stdin.flush()
@@ -66,6 +70,13 @@ def run_backend_benchmark(preset, height, width, backends, compare_with=None, wa
     finally:
         for worker in workers:
             worker["process"].kill()
+    return [{key: w[key] for key in ("variant", "warmup_s", "times_ms")} for w in workers]
+
+
+def run_backend_benchmark(preset, height, width, backends, compare_with=None, warmup=2, repeats=5):
+    """Median ``predict`` ms per variant; returns ``[{"variant", "median_ms", "times_ms", "warmup_s"}]``."""
+    workers = time_in_workers(WORKER, [preset, str(height), str(width), str(warmup)],
+                              variants(backends, compare_with), repeats)  # fmt: skip
     return [
         {"variant": w["variant"], "median_ms": statistics.median(w["times_ms"]), "times_ms": w["times_ms"],
          "warmup_s": w["warmup_s"]}

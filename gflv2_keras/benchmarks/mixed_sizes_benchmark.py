@@ -11,12 +11,9 @@ compilation) and the median image after the first.
 """
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 
-from gflv2_keras.benchmarks.backend_benchmark import read_reply, variants
+from gflv2_keras.benchmarks.backend_benchmark import time_in_workers, variants
 
 # (height, width) of common photos: phones (4:3, 16:9), cameras (3:2), web and VOC/COCO-like sizes.
 PHOTO_SIZES = (
@@ -55,25 +52,7 @@ def photo_sizes(count, seed=0):
 def run_mixed_sizes_benchmark(preset, count=50, compare_with=None, seed=0):
     """Per variant ``{"variant", "total_s", "images_per_s", "first_ms", "median_ms", "times_ms"}``."""
     sizes = photo_sizes(count, seed)
-    workers = []
-    for label, backend, source in variants(["tensorflow"], compare_with):
-        env = {**os.environ, "KERAS_BACKEND": backend, "GFLV2_SOURCE": source, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        process = subprocess.Popen(
-            [sys.executable, "-c", WORKER, preset, json.dumps(sizes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-        )  # fmt: skip
-        workers.append({"variant": label, "process": process, "times_ms": []})
-    try:
-        for worker in workers:
-            read_reply(worker)
-        for _ in sizes:
-            for worker in workers:
-                worker["process"].stdin.write("next\n")
-                worker["process"].stdin.flush()
-                worker["times_ms"].append(read_reply(worker)["ms"])
-    finally:
-        for worker in workers:
-            worker["process"].kill()
+    workers = time_in_workers(WORKER, [preset, json.dumps(sizes)], variants(["tensorflow"], compare_with), len(sizes))
     rows = []
     for worker in workers:
         times = worker["times_ms"]
