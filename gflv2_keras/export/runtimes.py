@@ -42,6 +42,8 @@ from gflv2_keras.ops.box_formats import convert_boxes, validate_bounding_box_for
 
 TFLITE_MAGIC = b"TFL3"  # bytes 4..8 of a TFLite flatbuffer
 SAVED_MODEL_FILE = "saved_model.pb"
+RUNTIME_PRECISIONS = ("float32", "bfloat16")
+OPENVINO_PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16"}
 
 
 def saved_model_folder(path):
@@ -142,11 +144,14 @@ class ExportedDetector:
             ``gflv2 predict`` checks images against), ``None`` for a fixed canvas (any image
             fits it: each side keeps at least one pixel).
         class_names: the detector's class names (``None`` if the export does not record them).
+        precision: the compute precision (``"float32"``, or ``"bfloat16"`` in OpenVINO;
+            ``check_runtime_precision``).
     """
 
-    def __init__(self, path, threads=None):
+    def __init__(self, path, threads=None, precision=None):
         self.folder, self.metadata = export_folder(path)
         self.format = self.metadata["format"]
+        self.precision = check_runtime_precision(self.format, precision)
         self.class_names = self.metadata.get("class_names")
         # ``bounding_box_format``: what ``detect`` returns by default (as ``GFLV2Detector``'s, which
         # ``evaluation.run_detector`` reads); the model's own outputs are in ``output_box_format``.
@@ -163,7 +168,7 @@ class ExportedDetector:
             model_path = self.folder / MODEL_FILES[self.format]
             _check_model_file(model_path, self.format)
             try:
-                self._run = _LOADERS[self.format](model_path, threads)
+                self._run = _LOADERS[self.format](model_path, threads, self.precision)
             except MissingRuntimeError:
                 raise  # names the extra to install
             except Exception as error:  # each runtime raises its own types for a corrupt file
@@ -256,7 +261,22 @@ class ExportedDetector:
         return np.repeat(image[None], self._repeat(), axis=0)
 
 
-def _onnx_runner(path, threads):
+def check_runtime_precision(fmt, precision):
+    """The compute precision an export of ``fmt`` runs in: ``"float32"`` (default) or ``"bfloat16"``.
+
+    ``bfloat16`` is a choice of OpenVINO's CPU plugin (``INFERENCE_PRECISION_HINT``: float32
+    weights of the IR, bf16 compute on CPUs with AVX512-BF16 / AMX); the other runtimes run the
+    graph's own types (an int8 export is int8 whatever this says).
+    """
+    precision = precision or "float32"
+    if precision not in RUNTIME_PRECISIONS:
+        raise ValueError(f"unknown runtime precision {precision!r}; valid: {', '.join(RUNTIME_PRECISIONS)}")
+    if precision == "bfloat16" and fmt != "openvino":
+        raise ValueError(f"bfloat16 compute is an OpenVINO setting; a {fmt} export runs in its own precision")
+    return precision
+
+
+def _onnx_runner(path, threads, precision):
     ort = require("onnxruntime", "onnx")
     options = ort.SessionOptions()
     if threads:
@@ -272,17 +292,17 @@ def _plain_name(name):
     return name.split(":")[0]
 
 
-def _litert_runner(path, threads):
+def _litert_runner(path, threads, precision):
     interpreter_module = require("ai_edge_litert.interpreter", "litert")
     interpreter = interpreter_module.Interpreter(model_path=str(path), num_threads=threads)
     runner = interpreter.get_signature_runner()
     return lambda feeds: runner(**feeds)
 
 
-def _openvino_runner(path, threads):
+def _openvino_runner(path, threads, precision):
     ov = require("openvino", "openvino")
-    # f32 explicitly: on CPUs with bf16/AMX OpenVINO would otherwise infer in bf16.
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    # Stated explicitly: on CPUs with bf16/AMX OpenVINO would otherwise pick bf16 by itself.
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISION_HINTS[precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = ov.Core().compile_model(str(path), "CPU", config)
@@ -321,6 +341,9 @@ def _saved_model_runner(folder):
 _LOADERS = {"onnx": _onnx_runner, "litert": _litert_runner, "openvino": _openvino_runner}
 
 
-def load_exported(path, threads=None):
-    """``ExportedDetector`` of an export folder, its model file or a SavedModel (module docstring)."""
-    return ExportedDetector(path, threads)
+def load_exported(path, threads=None, precision=None):
+    """``ExportedDetector`` of an export folder, its model file or a SavedModel (module docstring).
+
+    ``precision``: ``"float32"`` (default) or ``"bfloat16"`` (OpenVINO only: ``check_runtime_precision``).
+    """
+    return ExportedDetector(path, threads, precision)
