@@ -8,11 +8,14 @@ each image is resized into keeping its aspect ratio (``postprocess.py`` next to 
 it), or with ``--dynamic-size`` (onnx, openvino) at any size with the official per-image canvas
 inside; boxes in ``--box-layout`` (a box format name of ``keras.utils.bounding_boxes``,
 ``ops.box_formats``). ``gflv2 predict --model`` runs every one of them, the SavedModel included.
+An unknown ``--format`` and a target that exists (without ``--overwrite``) are refused before
+TensorFlow loads (``export.targets``), and again once the export holds the target's lock.
 """
 
 import time
 from pathlib import Path
 
+from gflv2_keras.export.targets import check_export_target, export_target
 from gflv2_keras.utils.arguments import add_image_size_argument, non_negative_int, positive_int
 from gflv2_keras.utils.cli import UserError
 from gflv2_keras.utils.locks import hold_beside, releases_locks
@@ -80,15 +83,25 @@ def register(subparsers):
     parser.add_argument(
         "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, precheck=check_args)
+
+
+def check_args(args):
+    """The checks of ``gflv2 export`` that need no TensorFlow (``precheck``): the format, and the
+    target (``OUTPUT/VERSION``, ``OUTPUT``) refused when it exists without ``--overwrite``; returns the target."""
+    return check_export_target(args.output, args.format, args.version, args.overwrite)
+
+
+def hold_target(args):
+    """Locks the export's target (``utils.locks.hold_beside``: one export writing it at a time) and
+    checks it again under the lock (``check_args``); returns the target."""
+    option = "--output or --version" if args.format == "saved_model" else "--output"
+    hold_beside(export_target(args.output, args.format, args.version), option)
+    return check_args(args)
 
 
 @releases_locks  # the lock beside the export (utils.locks) is held until the command ends
 def run(args):
-    from gflv2_keras.export.formats import FORMATS
-
-    if args.format not in FORMATS:
-        raise UserError(f"unknown --format {args.format!r}; valid: {', '.join(FORMATS)}")
     if args.format != "saved_model":
         if args.box_distributions:
             raise UserError(f"--box-distributions is available for --format saved_model only, not {args.format}")
@@ -100,14 +113,7 @@ def run(args):
         raise UserError("--box-layout is available for --format onnx, litert or openvino; the SavedModel's "
                         "detection_boxes are xyxy pixels")  # fmt: skip
     output = Path(args.output)
-    if args.version < 0:
-        raise UserError(f"--version must be >= 0, got {args.version}")
-    if not output.resolve().name:
-        raise UserError(f"--output must name the model folder (DIR/MODEL_NAME), got {args.output!r}")
-    target = output / str(args.version)
-    if target.exists() and not args.overwrite:
-        raise UserError(f"{target} already exists; choose another --version or pass --overwrite")
-    hold_beside(target, "--output or --version")  # one export writing this version at a time
+    target = hold_target(args)
 
     from gflv2_keras.export.saved_model import directory_size, export_saved_model
 
@@ -149,16 +155,13 @@ def _load_detector(args):
 def _run_portable(args):
     import sys
 
+    target = hold_target(args)  # before Keras loads: a refusal costs no start-up
     from gflv2_keras.ops.box_formats import validate_bounding_box_format
 
-    target = Path(args.output)
     try:
         box_layout = validate_bounding_box_format(args.box_layout or "xyxy")
     except ValueError as error:
         raise UserError(f"--box-layout: {str(error).replace('bounding_box_format: ', '', 1)}") from None
-    if target.exists() and not args.overwrite:
-        raise UserError(f"{target} already exists; choose another --output or pass --overwrite")
-    hold_beside(target, "--output")  # one export writing this folder at a time
     if box_layout == "yxyx":
         print(LEGACY_YXYX_NOTE, file=sys.stderr, flush=True)
     calibration = _calibration(args)

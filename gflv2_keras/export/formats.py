@@ -45,11 +45,11 @@ import tensorflow as tf
 
 from gflv2_keras.export.archive import reported_write_errors
 from gflv2_keras.export.graph import DYNAMIC, IMAGE_SHAPE_NAME, INPUT_NAME, default_input_size, inference_function
+from gflv2_keras.export.targets import FORMATS
 from gflv2_keras.ops.box_formats import validate_bounding_box_format
 from gflv2_keras.utils.cli import UserError
 from gflv2_keras.utils.files import publish_directory, refuse_existing
 
-FORMATS = ("saved_model", "onnx", "litert", "openvino")
 METADATA_FILE = "export.json"
 MODEL_FILES = {"onnx": "model.onnx", "litert": "model.tflite", "openvino": "model.xml"}
 ONNX_OPSET = 17

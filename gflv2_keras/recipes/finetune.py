@@ -35,6 +35,12 @@ WARMUP_EPOCH_FRACTION = 0.5
 DEFAULT_BATCH = 2
 
 
+def finetune_name(data):
+    """``finetune_<dataset name>``, the default recipe name (and so work dir) of fine-tuning on ``data``:
+    the file or folder name of the path without its extension (``train.json``: ``finetune_train``)."""
+    return f"finetune_{os.path.splitext(os.path.basename(os.path.abspath(data).rstrip(os.sep)))[0]}"
+
+
 def finetune_recipe(
     preset,
     data,
@@ -109,10 +115,9 @@ def finetune_recipe(
         say(f"[finetune] preset {preset} has no weights on disk: training from scratch")
 
     lr_steps = sorted({e for e in (round(epochs * 2 / 3), round(epochs * 11 / 12)) if 0 < e < epochs})
-    stem = os.path.splitext(os.path.basename(data.rstrip(os.sep)))[0]
     recipe = {
         **copy.deepcopy(_COCO_BASE),
-        "name": name or f"finetune_{stem}",
+        "name": name or finetune_name(data),
         "preset": str(os.path.abspath(preset)) if os.path.isdir(preset) else str(preset),
         "init_weights": init_weights,
         "epochs": epochs,

@@ -7,16 +7,19 @@ Two forms (exactly one of ``--recipe`` / ``--preset``):
                 [--work-dir DIR] [--from-scratch]   (``recipes.finetune.finetune_recipe``)
 
 ``--seed N`` fixes the initial weights, the data order, scale and flip (the recipe's ``seed``,
-0 by default): two runs with the same seed and options log the same losses. The options are
-checked before TensorFlow loads (``check_train_args``). When stdout is not a terminal (a log
-file, a pipe) each epoch is one line, without the progress bar's control codes.
+0 by default): two runs with the same seed and options log the same losses. The options, and
+a work dir that holds a run (without ``--resume``), are checked before TensorFlow loads
+(``check_train_args``). When stdout is not a terminal (a log file, a pipe) each epoch is one
+line, without the progress bar's control codes.
 """
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from gflv2_keras.models.precision import PRECISIONS
+from gflv2_keras.training.work_dir import default_work_dir, refuse_used_work_dir
 from gflv2_keras.utils.arguments import (
     add_image_size_argument,
     add_seed_argument,
@@ -92,23 +95,39 @@ def build_train_parser(prog="gflv2 train", with_recipe=True):
     return add_train_arguments(parser, with_recipe)
 
 
-def check_train_args(args):
+def check_train_args(args, recipe=None):
     """The checks of ``gflv2 train`` that need no TensorFlow, run before it loads (``precheck``).
 
     Values, paths and sizes are checked by argparse already (``utils.arguments``); here: the
-    options of the other form, an unknown recipe or a broken recipe file, and with ``--preset``
-    (``check_finetune_args``) the preset and the layout of ``--data`` / ``--val-data``.
+    options of the other form, an unknown recipe or a broken recipe file, with ``--preset``
+    (``check_finetune_args``) the preset and the layout of ``--data`` / ``--val-data``, and
+    without ``--resume`` a work dir that holds a run (``train_work_dir``; checked again once
+    the run holds the work dir's lock). ``recipe``: the recipe of ``python recipes/NAME.py``.
     """
     from gflv2_keras.recipes import load_recipe
 
     if getattr(args, "preset", None) is not None:
         check_finetune_args(args)
-        return
-    given = [flag for flag, name in FINETUNE_ONLY if getattr(args, name, None)]
-    if given:
-        raise ValueError(f"{', '.join(given)} go with --preset, not --recipe")
-    if getattr(args, "recipe", None) is not None:
-        load_recipe(args.recipe)
+    else:
+        given = [flag for flag, name in FINETUNE_ONLY if getattr(args, name, None)]
+        if given:
+            raise ValueError(f"{', '.join(given)} go with --preset, not --recipe")
+        if recipe is None and getattr(args, "recipe", None) is not None:
+            recipe = load_recipe(args.recipe)
+    if not args.resume:
+        refuse_used_work_dir(train_work_dir(args, recipe))
+
+
+def train_work_dir(args, recipe=None):
+    """The folder (absolute) a run of ``args`` writes: ``--work-dir``, else ``work_dirs/NAME``: the name of
+    ``recipe`` (the loaded ``--recipe``), or with ``--preset`` (``recipe`` None) the fine-tuning
+    recipe's, ``finetune_<dataset name>``."""
+    from gflv2_keras.recipes.finetune import finetune_name
+
+    if args.work_dir:
+        return Path(args.work_dir).absolute()
+    name = recipe["name"] if recipe is not None else finetune_name(args.data)
+    return default_work_dir(name).absolute()
 
 
 def check_finetune_args(args):
@@ -218,7 +237,7 @@ def run_recipe_cli(recipe, argv=None):
     argv, verbose = split_verbose(sys.argv[1:] if argv is None else argv)
     args = recipe_parser(recipe).parse_args(argv)
     sys.exit(run_command("train", lambda: run_train(args, recipe=recipe), verbose, prog=recipe_prog(recipe),
-                         check=lambda: check_train_args(args)))  # fmt: skip
+                         check=lambda: check_train_args(args, recipe)))  # fmt: skip
 
 
 def recipe_prog(recipe):

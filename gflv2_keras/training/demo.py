@@ -11,12 +11,23 @@ Output folder layout: ``data/`` (the dataset), ``work_dir/`` (checkpoints, logs,
 
 ``--seed N`` changes the training seed (initial weights, data order, scale and flip; the
 recipe's is 0), not the dataset, which is always the same. Training prints one line per epoch.
+
+An ``--output`` that holds a previous demo run is refused before TensorFlow loads, unless
+``--resume`` continues it or ``--overwrite`` starts over. Before deleting or writing anything the
+demo locks ``--output``, its data folder and its work dir (``utils.locks``) until it ends: a second
+demo there, or a ``gflv2 train`` in the work dir, is refused in one line, and ``--overwrite``
+refuses (deleting nothing) while another live run holds one of them; holding them, it deletes
+the contents of the previous work dir.
 """
 
 import json
 import os
 import time
 from pathlib import Path
+
+from gflv2_keras.training.work_dir import run_outputs_in
+from gflv2_keras.utils.files import remove_path
+from gflv2_keras.utils.locks import LOCK_NAME, hold_folder, releases_locks
 
 # The synthetic dataset of the demo (see data.synthetic.make_synthetic_coco).
 DEMO_DATA = {"num_train": 600, "num_val": 100, "image_size": (192, 256), "object_size": (16, 96), "seed": 0}
@@ -26,6 +37,7 @@ PICTURE_IMAGES = 8
 PICTURE_MIN_SCORE = 0.3
 
 
+@releases_locks  # the demo's folders stay locked (utils.locks) until it returns or raises
 def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False, overwrite=False, seed=None):
     """Generates the data, trains, evaluates, draws; returns a summary dict.
 
@@ -35,33 +47,36 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False, overwr
         quick: a smoke run (16 training images, 1 epoch of 2 steps): checks the pipeline, not
             the accuracy.
         resume: continue an interrupted demo from its last checkpoint.
-        overwrite: start over in an ``output`` that holds a previous demo run (its work dir is
-            deleted); without it (or ``resume``) such a folder is refused, unchanged.
+        overwrite: start over in an ``output`` that holds a previous demo run (the contents of
+            its work dir are deleted, under the work dir's lock); without it (or ``resume``)
+            such a folder is refused, unchanged.
         seed: the training seed (``None``: the recipe's, 0); the synthetic dataset does not change.
 
     Returns:
         dict: ``history`` (per-epoch logs), ``AP``, ``AP50`` (last evaluation), ``seconds``,
         ``picture``, ``preset_dir``, ``images_per_second``.
+
+    Raises:
+        ValueError: ``output`` holds a previous run and neither ``resume`` nor ``overwrite`` is given.
+        utils.locks.FolderInUseError: another live run holds ``output``, its work dir or its data
+            folder (a demo, ``gflv2 train --work-dir``); nothing is deleted or written.
     """
+    start = time.perf_counter()
+    output, work_dir, data_root = demo_folders(output, quick)
+    # Locked before anything is deleted or written (and before TensorFlow loads): another demo in
+    # ``output``, or a training run in its work dir, would lose its files.
+    for folder in (output, data_root, work_dir):
+        hold_folder(folder, "--output", recursive=folder == work_dir)
+    refuse_previous_run(output, quick, resume, overwrite)  # again, now that no other run can write there
+    if run_outputs_in(work_dir) and not resume:
+        print(f"[demo] --overwrite: removing the previous run {work_dir}")
+        _remove_previous_run(work_dir)
+
     from gflv2_keras.data.synthetic import make_synthetic_coco
     from gflv2_keras.recipes import load_recipe
-    from gflv2_keras.training.options import run_outputs_in
     from gflv2_keras.training.trainer import train
-    from gflv2_keras.utils.files import remove_path
 
-    start = time.perf_counter()
-    output = Path(output).absolute()
-    work_dir = output / ("work_dir_quick" if quick else "work_dir")
-    if run_outputs_in(work_dir) and not resume:
-        if not overwrite:
-            raise ValueError(
-                f"{output} holds a previous demo run ({work_dir}): pass --resume to continue it, --overwrite "
-                "to start over, or choose another --output; nothing was changed"
-            )
-        print(f"[demo] --overwrite: removing the previous run {work_dir}")
-        remove_path(work_dir)
     spec = QUICK_DATA if quick else DEMO_DATA
-    data_root = output / ("data_quick" if quick else "data")
     marker = data_root / "dataset.json"
     if not marker.is_file() or json.loads(marker.read_text()) != _jsonable(spec):
         print(f"[demo] writing the synthetic dataset to {data_root} ({spec['num_train']} train, {spec['num_val']} val)")
@@ -109,6 +124,35 @@ def run_demo(output="gflv2_demo", epochs=None, quick=False, resume=False, overwr
         "preset_dir": result["preset_dir"],
         "images_per_second": speed,
     }
+
+
+def demo_folders(output, quick=False):
+    """``(output, work_dir, data_root)``: the absolute folders of a demo into ``output`` (``--quick``'s own
+    ``work_dir_quick`` and ``data_quick``, so a smoke run never touches a full run)."""
+    output = Path(output).absolute()
+    suffix = "_quick" if quick else ""
+    return output, output / f"work_dir{suffix}", output / f"data{suffix}"
+
+
+def refuse_previous_run(output, quick=False, resume=False, overwrite=False):
+    """``ValueError`` when ``output`` holds a previous demo run and neither ``resume`` nor ``overwrite`` is given.
+
+    Needs no TensorFlow: ``gflv2 demo`` checks it before TensorFlow loads, and ``run_demo`` again
+    once it holds the folders' locks.
+    """
+    output, work_dir, _ = demo_folders(output, quick)
+    if run_outputs_in(work_dir) and not (resume or overwrite):
+        raise ValueError(
+            f"{output} holds a previous demo run ({work_dir}): pass --resume to continue it, --overwrite "
+            "to start over, or choose another --output; nothing was changed"
+        )
+
+
+def _remove_previous_run(work_dir):
+    """Deletes what is in ``work_dir`` except its lock file (held by this run: ``utils.locks``)."""
+    for entry in sorted(work_dir.iterdir()):
+        if not entry.name.startswith(LOCK_NAME):
+            remove_path(entry)
 
 
 def print_curve(history):
@@ -179,7 +223,12 @@ def register(subparsers):
     parser.add_argument("--overwrite", action="store_true", help="start over, deleting a previous demo run in --output")
     add_seed_argument(parser, "training seed: initial weights, data order, scale and flip (default 0, the recipe's); "
                       "the synthetic dataset stays the same")
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_run, precheck=check_demo_args)
+
+
+def check_demo_args(args):
+    """The check of ``gflv2 demo`` that needs no TensorFlow (``precheck``): a used ``--output``."""
+    refuse_previous_run(args.output, args.quick, args.resume, args.overwrite)
 
 
 def _run(args):

@@ -19,6 +19,7 @@ import tensorflow as tf
 from gflv2_keras.training.callbacks import BEST_METRICS
 from gflv2_keras.training.precision import POLICIES
 from gflv2_keras.training.strategy import STRATEGIES
+from gflv2_keras.training.work_dir import default_work_dir, refuse_used_work_dir
 
 DATA_FIELDS = ("train_data", "train_images", "val_data", "val_images")
 # Older override names of the COCO annotation files, still accepted.
@@ -182,7 +183,7 @@ def resolve_run(recipe, work_dir=None, *, data_root=None, strategy="none", resum
         if values[field] is not None:
             recipe[field] = int(values[field])
     recipe = validate_recipe(recipe, f"recipe {recipe.get('name')!r}")
-    work_dir = Path(work_dir or Path("work_dirs") / recipe["name"]).absolute()
+    work_dir = Path(work_dir or default_work_dir(recipe["name"])).absolute()
     if not resume:
         refuse_used_work_dir(work_dir)
     return TrainOptions(
@@ -248,25 +249,6 @@ def resolve_max_boxes(recipe_max_boxes, largest, batch_per_replica, canvases):
             f"{max(h for h, _ in canvases)}x{max(w for _, w in canvases)}, rule in training/options.py)"
         )
     return max(1, int(largest)), ""
-
-
-# What a training run writes in its work dir; any of them means the folder holds a run.
-RUN_OUTPUTS = ("checkpoints", "preset", "history.json", "log.csv", "recipe.json")
-
-
-def run_outputs_in(work_dir):
-    """Names of ``RUN_OUTPUTS`` present in ``work_dir`` (empty: no run has written there)."""
-    return [name for name in RUN_OUTPUTS if (Path(work_dir) / name).exists()]
-
-
-def refuse_used_work_dir(work_dir):
-    """``ValueError`` when ``work_dir`` holds another run's outputs (a new run must not replace them)."""
-    found = run_outputs_in(work_dir)
-    if found:
-        raise ValueError(
-            f"{work_dir} already holds a training run ({', '.join(found)}): pass --resume (resume=True) to "
-            "continue it, or choose a new --work-dir; nothing was changed"
-        )
 
 
 def resolve_data_paths(recipe, data_root=None, require_val=False, **paths):

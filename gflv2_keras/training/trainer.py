@@ -84,6 +84,7 @@ from gflv2_keras.training.options import resolve_max_boxes, resolve_run
 from gflv2_keras.training.precision import dtype_policy_scope, wrap_for_precision
 from gflv2_keras.training.schedule import UpdateCountSchedule, WarmupStepDecay, scale_learning_rate
 from gflv2_keras.training.strategy import broadcast_from_chief, build_strategy, check_strategy, is_chief, shard_for
+from gflv2_keras.training.work_dir import refuse_used_work_dir
 from gflv2_keras.utils.locks import hold_folder, releases_locks
 
 # Run facts that must be equal in a checkpoint and the run resuming from it.
@@ -201,11 +202,9 @@ class Trainer:
 
         The chief holds the work dir's lock (``utils.locks``) until the run ends: a second run on
         the same work dir refuses in one line; one that finished there meanwhile is refused as in
-        ``options.resolve_run`` (unless resuming).
+        ``options.resolve_run`` (unless resuming; ``work_dir.refuse_used_work_dir``).
         """
         if self.chief:
-            from gflv2_keras.training.options import refuse_used_work_dir
-
             hold_folder(self.options.work_dir, "--work-dir", recursive=True)
             if not self.options.resume:
                 refuse_used_work_dir(self.options.work_dir)

@@ -19,7 +19,12 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys):
     assert cli_main(["demo", "--quick", "--output", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert (tmp_path / "work_dir_quick" / "preset" / "model.weights.h5").read_bytes() == weights
+    (tmp_path / "work_dir_quick" / "left_by_the_previous_run.txt").write_text("x")
     assert cli_main(["demo", "--quick", "--output", str(tmp_path), "--overwrite"]) == 0
+    assert "--overwrite: removing the previous run" in capsys.readouterr().out
+    assert not (tmp_path / "work_dir_quick" / "left_by_the_previous_run.txt").exists()
+    assert os.path.isfile(tmp_path / "work_dir_quick" / "preset" / "model.weights.h5")
+    assert not list(tmp_path.rglob(".gflv2.lock"))  # the demo's locks (output, data, work dir) are released
 
 
 @pytest.mark.slow
