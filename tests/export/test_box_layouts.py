@@ -61,8 +61,8 @@ def assert_same_detections(result, reference, fmt):
     "fmt, layout",
     [
         pytest.param("onnx", "rel_yxyx", marks=needs_extra("onnx")),
-        pytest.param("onnx", "xywh", marks=needs_extra("onnx")),
-        pytest.param("litert", "rel_yxyx", marks=needs_extra("litert")),
+        pytest.param("onnx", "xywh", marks=[needs_extra("onnx"), pytest.mark.slow]),  # one per runtime by default
+        pytest.param("litert", "rel_yxyx", marks=[needs_extra("litert"), pytest.mark.slow]),
         pytest.param("litert", "center_yxhw", marks=needs_extra("litert")),
     ],
 )

@@ -143,6 +143,7 @@ def test_float16_loss_scaling_with_accumulation(nano_factory, rng):
     assert moved > 1e-3 and error < 0.1 * moved, (error, moved)
 
 
+@pytest.mark.slow  # a whole training run; the accumulated update itself is tested above
 def test_train_with_accumulate_counts_updates_and_scales_the_batch(nano_recipe, tiny_coco, tmp_path):
     recipe = nano_recipe(batch_per_replica=2, epochs=1)
     result = train(recipe, str(tmp_path / "run"), data_root=tiny_coco, accumulate=2, tensorboard=False,

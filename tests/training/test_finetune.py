@@ -51,7 +51,9 @@ def data(tmp_path_factory):
     return write_layouts(tmp_path_factory.mktemp("finetune"), num_train=4, num_val=2)
 
 
-@pytest.mark.parametrize("layout", ["voc", "yolo", "coco"])
+# COCO in the default run; VOC and YOLO reading is covered by the data tests, their fine-tuning runs slow.
+@pytest.mark.parametrize("layout", [pytest.param("voc", marks=pytest.mark.slow),
+                                    pytest.param("yolo", marks=pytest.mark.slow), "coco"])
 def test_one_command_fine_tunes_on_each_layout(layout, pretrained, data, tmp_path, capsys):
     work_dir = tmp_path / "run"
     command = ["train", "--preset", pretrained, "--data", data[layout], "--epochs", "1", "--batch-size", "2",

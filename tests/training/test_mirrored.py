@@ -1,5 +1,5 @@
 """One step on 2 logical CPU replicas equals one step on 1 replica with the same global batch, and so
-does one update accumulated from 2 micro-batches (``accumulate=2``, ``models.train_function``).
+does one update accumulated from 2 micro-batches (``accumulate=2``, ``models.train_function``; slow run).
 
 Logical CPU devices must be configured before TensorFlow initialises, so the comparison runs in
 a fresh subprocess. BatchNorm statistics are frozen (``norm_eval=True``, as in every official
@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -81,39 +83,50 @@ SCRIPT = textwrap.dedent(
 
     single, single_logs = one_step(tf.distribute.get_strategy())
     double, double_logs = one_step(mirrored)
-    single_acc, single_acc_logs = one_step(tf.distribute.get_strategy(), accumulate=2)
-    double_acc, double_acc_logs = one_step(mirrored, accumulate=2)
-    print("RESULT " + json.dumps({
-        "single": single_logs, "double": double_logs, "deltas": compare(single, double),
-        "single_acc": single_acc_logs, "double_acc": double_acc_logs, "deltas_acc": compare(single_acc, double_acc),
-        "acc_vs_plain": compare(single, single_acc),
-    }))
+    result = {"single": single_logs, "double": double_logs, "deltas": compare(single, double)}
+    if WITH_ACCUMULATION:
+        single_acc, single_acc_logs = one_step(tf.distribute.get_strategy(), accumulate=2)
+        double_acc, double_acc_logs = one_step(mirrored, accumulate=2)
+        result.update({"single_acc": single_acc_logs, "double_acc": double_acc_logs,
+                       "deltas_acc": compare(single_acc, double_acc), "acc_vs_plain": compare(single, single_acc)})
+    print("RESULT " + json.dumps(result))
     """
 )
 
 
-def test_two_replicas_match_one_replica_on_the_same_global_batch():
+def _run_steps(with_accumulation):
+    """The script's results: one step per strategy (and with ``accumulate=2`` if asked), in a fresh process."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", f"REPO = {REPO!r}\n" + SCRIPT], capture_output=True, text=True, env=env, timeout=600
-    )
+    source = f"REPO = {REPO!r}\nWITH_ACCUMULATION = {with_accumulation!r}\n" + SCRIPT
+    result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, env=env, timeout=600)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT ") :])
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _assert_same_update(out, single, double, deltas):
+    for name in ("loss", "qfl", "dfl", "giou"):
+        assert out[double][name] == _approx(out[single][name]), (double, name)
+    largest_step = max(step for step, _ in out[deltas])
+    assert largest_step > 1e-3  # the step moved the weights
+    # Same update everywhere: a loss scaled by the replica count (the Keras default for a
+    # hand-written compute_loss without replica scaling) would double every trainable delta.
+    for step, difference in out[deltas]:
+        assert difference <= 1e-4 * largest_step + 1e-6, (deltas, step, difference)
+
+
+def test_two_replicas_match_one_replica_on_the_same_global_batch():
+    _assert_same_update(_run_steps(with_accumulation=False), "single", "double", "deltas")
+
+
+@pytest.mark.slow  # two more compiled fits (accumulation is also covered on one replica in test_accumulation.py)
+def test_two_replicas_match_one_replica_with_accumulation():
+    out = _run_steps(with_accumulation=True)
     for single, double, deltas in (("single", "double", "deltas"), ("single_acc", "double_acc", "deltas_acc")):
-        for name in ("loss", "qfl", "dfl", "giou"):
-            assert out[double][name] == _approx(out[single][name]), (double, name)
-        largest_step = max(step for step, _ in out[deltas])
-        assert largest_step > 1e-3  # the step moved the weights
-        # Same update everywhere: a loss scaled by the replica count (the Keras default for a
-        # hand-written compute_loss without replica scaling) would double every trainable delta.
-        for step, difference in out[deltas]:
-            assert difference <= 1e-4 * largest_step + 1e-6, (deltas, step, difference)
+        _assert_same_update(out, single, double, deltas)
     # The accumulated update is another update (the mean with the flipped micro-batch's gradient).
     assert max(difference for _, difference in out["acc_vs_plain"]) > 1e-4
 
 
 def _approx(value):
-    import pytest
-
     return pytest.approx(value, rel=1e-5, abs=1e-6)

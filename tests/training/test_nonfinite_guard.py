@@ -20,6 +20,7 @@ class _PoisonAt(keras.callbacks.Callback):
             weight.assign(np.full(weight.shape, np.nan, np.float32))
 
 
+@pytest.mark.slow  # two training runs; the refusal to save non-finite weights is tested below
 def test_nan_never_reaches_a_checkpoint_and_resume_continues(tiny_coco, nano_recipe, tmp_path):
     from gflv2_keras.training.trainer import train
 

@@ -61,6 +61,7 @@ def test_the_global_dtype_policy_is_restored(nano_factory):
     assert keras.config.dtype_policy().name == "float32"
 
 
+@pytest.mark.slow  # a whole training run; one mixed-precision step is compared with float32 above
 def test_a_short_bfloat16_run_trains(nano_recipe, tiny_coco, tmp_path):
     recipe = nano_recipe(epochs=3, base_lr_per_16=0.2, multiscale_range=None, flip_prob=0.0)
     result = train(recipe, str(tmp_path / "run"), data_root=tiny_coco, precision="bfloat16", tensorboard=False,
