@@ -65,6 +65,10 @@ def test_benchmark_lists_are_parsed_and_checked_before_running():
                   "--backends", "jax,torch", "--runtime", "tf,litert")  # fmt: skip
     assert args.precisions == ["float32"] and args.batches == [1, 2, 4] and args.train_modes == ["xla"]
     assert args.backends == ["jax", "torch"] and args.runtime == "tf,litert"
+    # --runtime alone races every runtime; a runtime-precision name is one row; int8 is a --runtime precision
+    assert _parse("benchmark", "--runtime").runtime == "tf,onnxruntime,openvino,litert,torch"
+    args = _parse("benchmark", "--runtime", "openvino-int8,torch", "--precision", "float32,int8")
+    assert args.runtime == "openvino-int8,torch" and args.precisions == ["float32", "int8"]
     with pytest.raises(argparse.ArgumentTypeError, match="unknown float64"):
         name_list("float32", "bfloat16")("float32,float64")
     with pytest.raises(argparse.ArgumentTypeError, match="at least one"):

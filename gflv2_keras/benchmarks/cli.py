@@ -4,12 +4,14 @@ By default one table: ``predict`` / ``detect`` / the bare network per precision 
 ``--image-size H W`` (uint8 image; the network input is its keep-ratio canvas), against the
 matmul (GEMM) floor of this CPU / GPU, optionally with the independent PyTorch GFLv2 of the
 tests (``--torch``). On request: training steps (``--training``), one DCN layer (``--dcn``),
-``detect`` of each export runtime side by side (``--runtime``), or ``predict`` on each Keras
-backend (``--backends``). BENCHMARKS.md holds the recorded tables and their commands.
+the race of every runtime x precision (``--runtime``: TensorFlow, the exports, PyTorch; float32,
+bfloat16, int8; against the fastest matmul floors), or ``predict`` on each Keras backend
+(``--backends``). BENCHMARKS.md holds the recorded tables and their commands.
 """
 
 import os
 
+from gflv2_keras.benchmarks import race_rows
 from gflv2_keras.models.precision import PRECISIONS
 from gflv2_keras.utils.arguments import (
     add_image_size_argument,
@@ -24,10 +26,8 @@ TRAIN_MODES = ("graph", "xla")
 
 
 def _runtimes(text):
-    """``--runtime``: checked against ``runtime_benchmark.RUNTIMES``, kept as text (``run_from_args`` splits it)."""
-    from gflv2_keras.benchmarks.runtime_benchmark import RUNTIMES
-
-    return ",".join(name_list(*RUNTIMES)(text))
+    """``--runtime``: checked against ``race_rows.NAMES``, kept as text (``run_from_args`` splits it)."""
+    return ",".join(name_list(*race_rows.NAMES)(text))
 
 
 def register(subparsers):
@@ -38,11 +38,14 @@ def register(subparsers):
     add_image_size_argument(parser, "--size", default=(800, 1216),
                             help="uint8 image size timed; its keep-ratio canvas is the network input "
                             "(default 800 1216)")
-    parser.add_argument("--precision", "--precisions", dest="precisions", type=name_list(*PRECISIONS),
-                        default="float32,bfloat16", help="comma list of " + ",".join(PRECISIONS)
-                        + " (bfloat16: dtype='mixed_bfloat16'; default float32,bfloat16)")
+    precisions = dict.fromkeys([*PRECISIONS, *race_rows.PRECISIONS])  # checked per mode in check_benchmark_args
+    parser.add_argument("--precision", "--precisions", dest="precisions", type=name_list(*precisions),
+                        help="comma list of " + ",".join(PRECISIONS) + " (bfloat16: dtype='mixed_bfloat16'; "
+                        "default float32,bfloat16); with --runtime: of float32,bfloat16,int8,int8-dynamic "
+                        "(default float32,bfloat16,int8)")
     parser.add_argument("--batches", type=name_list(convert=positive_int), default="1",
-                        help="comma list of predict batch sizes for images/s (e.g. 1,2,4; default 1)")
+                        help="comma list of batch sizes for images/s (e.g. 1,2,4; default 1): predict's, "
+                        "and with --runtime every row's (exports written at each batch size)")
     parser.add_argument("--torch", action="store_true",
                         help="also time the independent PyTorch GFLv2 of the tests (inference, and with --training the "
                              "same training step); needs PyTorch and a source checkout (tests/torch_reference)")
@@ -66,11 +69,13 @@ def register(subparsers):
     parser.add_argument("--torch-threads", type=positive_int, default=2,
                         help="torch.set_num_threads for --torch (default 2)")
     parser.add_argument("--skip-detector", action="store_true", help="skip the inference table")
-    parser.add_argument("--runtime", type=_runtimes, help="only compare detect latency of these runtimes at "
-                        "--image-size: comma list of tf, onnxruntime, openvino, litert and the int8 variants of "
-                        "RUNTIMES in benchmarks/runtime_benchmark.py")
+    parser.add_argument("--runtime", type=_runtimes, nargs="?", const=",".join(race_rows.RUNTIMES),
+                        metavar="NAMES", help="only race the runtimes at --image-size: every --precision x "
+                        "--batches of these (comma list of tf, onnxruntime, openvino, litert, torch; or one row as "
+                        "runtime-precision, e.g. openvino-int8; alone: all of them), with the matmul floors and the "
+                        "goal ratios (benchmarks/runtime_benchmark.py)")
     parser.add_argument("--threads", type=positive_int, default=2,
-                        help="--runtime: intra-op threads of every runtime (default 2)")
+                        help="--runtime: intra-op threads of every runtime and matmul floor (default 2)")
     parser.add_argument("--random-weights", action="store_true", help="--runtime: do not load the preset's weights")
     parser.add_argument("--backends", type=name_list(*BACKENDS), help="only compare predict latency on these Keras "
                         "backends (comma list of tensorflow,jax,torch; one worker process each, interleaved rounds)")
@@ -89,6 +94,15 @@ def check_benchmark_args(args):
         raise ValueError(f"--compare-with: {args.compare_with} has no gflv2_keras package folder")
     if args.compare_with and not (args.backends or args.mixed_sizes):
         raise ValueError("--compare-with goes with --backends or --mixed-sizes")
+    if args.precisions:
+        valid = race_rows.PRECISIONS if args.runtime else tuple(PRECISIONS)
+        wrong = [p for p in args.precisions if p not in valid]
+        if wrong:
+            raise ValueError(f"--precision {','.join(wrong)} is not a precision of "
+                             f"{'the --runtime race' if args.runtime else 'the inference table (int8: --runtime)'}"
+                             f"; valid: {','.join(valid)}")  # fmt: skip
+    if args.runtime:
+        race_rows.select_rows(args.runtime.split(","), args.precisions or race_rows.DEFAULT_PRECISIONS)
     if args.torch:
         from gflv2_keras.benchmarks.torch_training import missing_torch_reference
 
@@ -113,7 +127,7 @@ def run(args):
             preset=args.preset,
             height=args.size[0],
             width=args.size[1],
-            precisions=args.precisions,
+            precisions=args.precisions or ("float32", "bfloat16"),
             batches=args.batches,
             with_torch=args.torch,
             warmup=args.warmup,

@@ -24,9 +24,7 @@ reported, so load from other processes on a shared machine hits all variants ali
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -71,7 +69,12 @@ def _block(outputs):
 
 
 def time_interleaved(variants, warmup=2, repeats=5, log=print):
-    """``{name: median seconds}``: each round runs every variant once (round-robin).
+    """``{name: median seconds}`` of ``time_rounds``."""
+    return {name: statistics.median(values) for name, values in time_rounds(variants, warmup, repeats, log).items()}
+
+
+def time_rounds(variants, warmup=2, repeats=5, log=print):
+    """``{name: [seconds of each round]}``: each round runs every variant once (round-robin).
 
     Args:
         variants: ``{name: (callable, images_per_call)}``; callables return something to block on.
@@ -82,12 +85,13 @@ def time_interleaved(variants, warmup=2, repeats=5, log=print):
             _block(fn())
     times = {name: [] for name in variants}
     for round_index in range(repeats):
+        start_round = time.perf_counter()
         for name, (fn, _) in variants.items():
             start = time.perf_counter()
             _block(fn())
             times[name].append(time.perf_counter() - start)
-        log(f"  round {round_index + 1}/{repeats} done")
-    return {name: statistics.median(values) for name, values in times.items()}
+        log(f"  round {round_index + 1}/{repeats} done ({time.perf_counter() - start_round:.1f} s)")
+    return times
 
 
 def _keras_variants(detector, precision, image, batches):
@@ -123,33 +127,20 @@ def _keras_variants(detector, precision, image, batches):
 
 def _torch_variants(state_dict_source, config, height, width, threads):
     """The PyTorch reference (``tests/torch_reference``) with the detector's weights."""
-    root = Path(__file__).resolve().parents[2] / "tests"
-    if not (root / "torch_reference" / "gflv2_torch.py").is_file():
-        raise ValueError("--torch needs a source checkout (tests/torch_reference/gflv2_torch.py not found)")
-    sys.path.insert(0, str(root))
     import torch
-    from torch_reference import gflv2_torch as ref
 
-    torch.set_num_threads(threads)
-    model = ref.build_reference(config, seed=0, dtype=torch.float32)
+    from gflv2_keras.benchmarks.torch_inference import network_call, normal_inputs, reference_network
+
+    model = reference_network(config, threads)
     state_dict_source(model.state_dict())
-    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, height, width)).astype(np.float32))
+    x = normal_inputs(1, height, width, channels_last=False)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    model_cl = ref.build_reference(config, seed=0, dtype=torch.float32).to(memory_format=torch.channels_last)
+    model_cl = reference_network(config).to(memory_format=torch.channels_last)
     model_cl.load_state_dict(model.state_dict())
-
-    def run(m, inp, bf16=False):
-        def call():
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = m(inp)
-            return out[0][0].float().numpy()
-
-        return call
-
     return {
-        ("torch", "fp32 NCHW"): (run(model, x), 1),
-        ("torch", "channels_last"): (run(model_cl, x_cl), 1),
-        ("torch", "channels_last bf16"): (run(model_cl, x_cl, bf16=True), 1),
+        ("torch", "fp32 NCHW"): (network_call(model, x), 1),
+        ("torch", "channels_last"): (network_call(model_cl, x_cl), 1),
+        ("torch", "channels_last bf16"): (network_call(model_cl, x_cl, bf16=True), 1),
     }, torch.__version__
 
 
@@ -178,7 +169,6 @@ def run_inference_benchmark(
     from gflv2_keras import GFLV2Detector
     from gflv2_keras.convert import convert_state_dict
     from gflv2_keras.models.preprocessing import canvas_size
-    from gflv2_keras.models.preset_io import preset_config
 
     torch_threads = torch_threads or os.cpu_count()
     if repeats < 1:
@@ -213,8 +203,9 @@ def run_inference_benchmark(
         GFLV2Detector.from_preset(preset, load_weights=False).build_for_inference(), *canvas
     )
     if with_torch:
-        flat_config = preset_config(preset)[0]  # the flat form the PyTorch twin is built from
-        config = {k: flat_config[k] for k in ("backbone", "num_classes", "fpn_channels", "head")}
+        from gflv2_keras.benchmarks.torch_inference import reference_config
+
+        config = reference_config(preset)
 
         def load_into_detectors(state):
             arrays = {k: v.numpy() for k, v in state.items()}

@@ -8,7 +8,7 @@
   in the original image's pixels (images of another size than the canvas) that reproduce most of
   ``detector.detect``'s; the in-package runner gives the same detections.
 * CLI mistakes around calibration are one line; ``int8`` without calibration data says it is
-  weights-only; the runtime benchmark has the int8 rows, images/s and the floor shares.
+  weights-only. (The int8 rows of ``gflv2 benchmark --runtime``: ``test_runtime_benchmark.py``.)
 """
 
 import hashlib
@@ -182,36 +182,3 @@ def test_int8_without_calibration_data_says_it_is_weights_only(tmp_path):
                            "--output", str(tmp_path / "out"))  # fmt: skip
     assert "weights only (int8-dynamic)" in err and "--calibration-data" in err
     assert code == 2 and "no_preset" in err.splitlines()[-1]  # then the missing preset, in one line
-
-
-def test_runtime_benchmark_times_the_int8_exports():
-    from gflv2_keras.benchmarks import runtime_benchmark
-
-    assert runtime_benchmark.EXPORTS["onnxruntime-int8"] == ("onnx", "int8")
-    assert runtime_benchmark.EXPORTS["openvino-int8"] == ("openvino", "int8")
-    assert set(runtime_benchmark.EXPORTS) | {"tf"} == set(runtime_benchmark.RUNTIMES)
-    rows = [{"runtime": "openvino-int8", "note": "x", "median_ms": 400.0, "min_ms": 390.0, "max_ms": 420.0},
-            {"runtime": "tf", "note": "y", "median_ms": 1000.0, "min_ms": 990.0, "max_ms": 1010.0}]  # fmt: skip
-    context = {"preset": "p", "height": 8, "width": 8, "threads": 2, "warmup": 1, "iterations": 3, "cpu": "c",
-               "isa": "avx2", "random_weights": True}  # fmt: skip
-    lines = runtime_benchmark.format_runtime_table(rows, context).splitlines()
-    assert lines[4] == "| openvino-int8 | 400 | 390–420 | 2.50x | x | 2.50 |"  # images/s = 1000 / ms
-    context.update(floors={"float32": 200e9, "int8": 800e9}, network_flops=400e9)  # floors 2000 ms, 500 ms
-    lines = runtime_benchmark.format_runtime_table(rows, context).splitlines()
-    assert lines[-1] == "share of the floor of its precision (floor ms / detect ms): openvino-int8 1.25, tf 2.00"
-
-
-@pytest.mark.slow
-@needs_extra("onnx")
-@needs_extra("openvino")
-def test_runtime_benchmark_int8_rows_and_floors(nano_factory, tmp_path):
-    from gflv2_keras.benchmarks import runtime_benchmark
-
-    preset = tmp_path / "preset"
-    nano_factory(seed=0).save_to_preset(preset)
-    rows, context = runtime_benchmark.run_runtime_benchmark(
-        str(preset), 96, 128, runtimes=["tf", "onnxruntime-int8"], warmup=1, iterations=2, log=lambda _: None
-    )
-    assert [r["runtime"] for r in rows] == ["tf", "onnxruntime-int8"] and all(r["median_ms"] > 0 for r in rows)
-    assert set(context["floors"]) == {"float32", "int8"} and context["network_flops"] > 0
-    assert "share of the floor" in runtime_benchmark.format_runtime_table(rows, context)
