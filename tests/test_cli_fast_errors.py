@@ -69,6 +69,14 @@ def cases(p):
         (["evaluate", "--preset", NANO, "--data", p["json"], "--score-threshold", "2"], "evaluate",
          "--score-threshold must be between 0 and 1, got 2.0"),
         (["demo", "--epochs", "0"], "demo", "argument --epochs: 0 must be 1 or more"),
+        (["predict", "x.png", "--preset", NANO, "--runtime", "onnxruntime", "--precision", "bfloat16"], "predict",
+         "--runtime onnxruntime runs --precision float32, int8, not 'bfloat16'"),
+        (["predict", "x.png", "--preset", NANO, "--runtime", "openvino", "--precision", "int8"], "predict",
+         "--precision int8 needs --calibration-data"),
+        (["predict", "x.png", "--model", p["root"], "--runtime", "auto"], "predict",
+         "--runtime auto applies to --preset"),
+        (["evaluate", "--preset", NANO, "--data", p["json"], "--precision", "int8", "--calibration-data", p["root"]],
+         "evaluate", "--runtime tf runs --precision float32, bfloat16, float16, not 'int8'"),
         (["train", "--preset", NANO, "--data", p["json"], "--no-such"], None, "unrecognized arguments: --no-such"),
     ]
 
