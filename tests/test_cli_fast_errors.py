@@ -99,6 +99,14 @@ def cases(p):
         (["export", "--preset", NANO, "--output", p["model_onnx"], "--format", "onnx"], "export",
          f"{p['model_onnx']} already exists; choose another --output or pass --overwrite"),
         ([*export[:-1], "tflite"], "export", "unknown --format 'tflite'; valid: saved_model, onnx, litert, openvino"),
+        (["predict", "x.png", "--preset", NANO, "--runtime", "onnxruntime", "--precision", "bfloat16"], "predict",
+         "--runtime onnxruntime runs --precision float32, int8, not 'bfloat16'"),
+        (["predict", "x.png", "--preset", NANO, "--runtime", "openvino", "--precision", "int8"], "predict",
+         "--precision int8 needs --calibration-data"),
+        (["predict", "x.png", "--model", p["root"], "--runtime", "auto"], "predict",
+         "--runtime auto applies to --preset"),
+        (["evaluate", "--preset", NANO, "--data", p["json"], "--precision", "int8", "--calibration-data", p["root"]],
+         "evaluate", "--runtime tf runs --precision float32, bfloat16, float16, not 'int8'"),
         (["train", "--preset", NANO, "--data", p["json"], "--no-such"], None, "unrecognized arguments: --no-such"),
     ]
 

@@ -16,13 +16,24 @@ IoU 0.50 and 0.50:0.95), ``confusion_matrix.png`` (classes + background at
 images, ground truth and predictions side by side); ``--no-plots`` skips them. Existing files are
 replaced only with ``--overwrite`` (checked before anything runs); all are written atomically.
 The COCOeval implementation is faster-coco-eval when installed, else pycocotools (``--coco-backend``).
+``--runtime onnxruntime|openvino|litert|auto`` (with ``--precision``, ``int8`` calibrated on
+``--calibration-data``) runs the preset in another runtime, exported once into ``--cache-dir``
+(``auto``: the fastest that keeps TensorFlow's detections, measured on the first image;
+``docs/runtimes.md``); the metrics JSON records what ran (``"runtime"``).
 """
 
 import argparse
 
 from gflv2_keras.evaluation.backend import BACKENDS
 from gflv2_keras.evaluation.coco_evaluator import IOU_THRESHOLD, NUM_EXAMPLES, SCORE_THRESHOLD
-from gflv2_keras.models.precision import PRECISIONS, add_precision_argument
+from gflv2_keras.inference.runtime_options import (
+    add_runtime_arguments,
+    check_runtime_options,
+    compile_from_args,
+    first_image,
+    tf_precision,
+)
+from gflv2_keras.models.precision import PRECISIONS
 from gflv2_keras.utils.arguments import existing_path
 from gflv2_keras.utils.locks import hold_folder, releases_locks
 
@@ -57,7 +68,7 @@ def register(subparsers):
     parser.add_argument("--coco-backend", choices=BACKENDS, default="auto",
                         help="COCOeval implementation (default auto: faster-coco-eval when installed, "
                         "else pycocotools)")
-    add_precision_argument(parser)
+    add_runtime_arguments(parser)
     parser.set_defaults(func=run, precheck=check_options)  # precheck: before TensorFlow loads
 
 
@@ -69,6 +80,7 @@ def run(args):
     from gflv2_keras.data.class_map import match_detector_classes
     from gflv2_keras.data.coco import check_image_files
     from gflv2_keras.data.formats import load_detection_dataset
+    from gflv2_keras.data.image_io import read_record_image
     from gflv2_keras.data.records import leave_out_unresizable
     from gflv2_keras.evaluation.backend import choose_backend
     from gflv2_keras.evaluation.coco_evaluator import evaluate, format_results
@@ -99,12 +111,15 @@ def run(args):
         hold_folder(folder, "output folder (--output, --metrics, --plots-dir)")
     check_image_files(dataset)
     require_scorable(dataset, args.max_images)  # before the detector is loaded; again once thin images are out
-    detector = load_detector(args.preset, PRECISIONS[args.precision])
+    detector = load_detector(args.preset, PRECISIONS[tf_precision(args)])
     for line in match_detector_classes(detector, dataset).notes():  # by name; data classes it lacks: one line
         print(f"[evaluate] {line}")
     leave_out_unresizable(dataset, detector.input_scale)  # at the preset's own scale
     report_problems(dataset, metrics)
     require_scorable(dataset, args.max_images)
+    scored = dataset.records if args.max_images is None else dataset.records[: args.max_images]
+    detector = compile_from_args(detector, args, probe=lambda: first_image(
+        [r for r in scored if r["image_id"] not in dataset.unreadable], read_record_image))  # auto's probe
     results = evaluate(detector, dataset, output_json=args.output, max_images=args.max_images, verbose=False,
                        progress=stdout_is_terminal(),  # no progress bar's control codes in a log file
                        backend=args.coco_backend, plots_dir=plots_dir, overwrite_plots=args.overwrite,
@@ -127,15 +142,19 @@ def run(args):
         print("pictures not written: pass --metrics FILE or --plots-dir DIR to get them (or --no-plots)")
     if metrics:
         os.makedirs(os.path.dirname(os.path.abspath(metrics)), exist_ok=True)
-        record = {"data": dataset.annotation_file, "preset": args.preset, "problems": dataset.problem_lines(),
-                  **results}
+        ran = {"runtime": getattr(detector, "runtime", "tf"), "precision": args.precision,
+               "reason": getattr(detector, "reason", "--runtime tf")}  # fmt: skip
+        record = {"data": dataset.annotation_file, "preset": args.preset, "runtime": ran,
+                  "problems": dataset.problem_lines(), **results}  # fmt: skip
         atomic_write(metrics, lambda f: f.write(json.dumps(record, indent=2).encode()))
         print(f"metrics and per-class table written to {metrics}")
     return 0
 
 
 def check_options(args):
-    """One ``ValueError`` line for an option out of its range (before anything runs)."""
+    """One ``ValueError`` line for an option out of its range or options that cannot go together (before
+    anything runs)."""
+    check_runtime_options(args)
     if not 0.0 <= args.score_threshold <= 1.0:
         raise ValueError(f"--score-threshold must be between 0 and 1, got {args.score_threshold}")
     if not 0.0 < args.iou_threshold <= 1.0:

@@ -35,6 +35,12 @@ four side distributions of detection ``INDEX`` (0-based, in the JSON's order).
 (``gflv2_keras.export.runtimes``): an ONNX / LiteRT / OpenVINO folder or its model file, or a
 SavedModel (its version folder, or the ``--output`` base folder: the highest version); pictures
 and JSON are the same as with a preset.
+
+``--runtime onnxruntime|openvino|litert|auto`` runs the ``--preset`` in another runtime
+(exported once into ``--cache-dir``; ``auto``: the fastest installed one that keeps TensorFlow's
+detections, measured on the first image and cached per model, precision and machine), with
+``--precision`` (``int8``: calibrated on ``--calibration-data``): ``inference.runtime_choice``,
+``docs/runtimes.md``.
 """
 
 import json
@@ -50,7 +56,14 @@ from gflv2_keras.inference.images import (
     resize_problem,
     set_max_image_pixels,
 )
-from gflv2_keras.models.precision import PRECISIONS, add_precision_argument
+from gflv2_keras.inference.runtime_options import (
+    add_runtime_arguments,
+    check_runtime_options,
+    compile_from_args,
+    first_image,
+    tf_precision,
+)
+from gflv2_keras.models.precision import PRECISIONS
 from gflv2_keras.utils.files import atomic_write
 from gflv2_keras.utils.locks import hold_folder, releases_locks
 
@@ -82,21 +95,40 @@ def register(subparsers):
     parser.add_argument(
         "--random-weights", action="store_true", help="do not load weights (smoke-testing a preset without weights)"
     )
-    add_precision_argument(parser)
+    add_runtime_arguments(parser)
     parser.add_argument("--box-uncertainty", action="store_true",
                         help="add each box's classification, quality and per-side uncertainty to the JSON and draw "
-                        "+-1 std bands across the edges (--preset only)")
+                        "+-1 std bands across the edges (--preset with --runtime tf only)")
     parser.add_argument("--box-distributions", action="store_true",
                         help="with --box-uncertainty: also write each side's full bin distribution")
     parser.add_argument("--explain", type=int, metavar="INDEX",
-                        help="write STEM_explain.png: the side distributions of detection INDEX (0-based, --preset only)")
-    parser.set_defaults(func=run)
+                        help="write STEM_explain.png: the side distributions of detection INDEX (0-based, --preset "
+                        "with --runtime tf only)")
+    parser.set_defaults(func=run, precheck=check_options)  # precheck: before TensorFlow loads
+
+
+def check_options(args):
+    """One-line ``UserError`` for options that cannot go together (before TensorFlow loads)."""
+    from gflv2_keras.utils.cli import UserError
+
+    check_runtime_options(args, model_flag=args.model)
+    wants_distributions = args.box_uncertainty or args.box_distributions or args.explain is not None
+    if wants_distributions and args.model:
+        raise UserError(
+            "--box-uncertainty, --box-distributions and --explain need --preset (exported runtimes output detections only)"
+        )
+    if wants_distributions and args.runtime != "tf":
+        raise UserError(f"--box-uncertainty, --box-distributions and --explain need --runtime tf, not {args.runtime} "
+                        "(exported runtimes output detections only)")  # fmt: skip
+    if args.explain is not None and args.explain < 0:
+        raise UserError(f"--explain must be a detection index >= 0, got {args.explain}")
 
 
 @releases_locks  # the --output folder's lock (utils.locks) is held until the command ends
 def run(args):
     from gflv2_keras.utils.cli import UserError
 
+    check_options(args)
     if args.max_image_pixels is not None:
         set_max_image_pixels(args.max_image_pixels)
     paths, problems = collect_image_paths(args.inputs)
@@ -115,13 +147,7 @@ def run(args):
 
     uncertainty = args.box_uncertainty or args.box_distributions
     wants_distributions = uncertainty or args.explain is not None
-    if wants_distributions and args.model:
-        raise UserError(
-            "--box-uncertainty, --box-distributions and --explain need --preset (exported runtimes output detections only)"
-        )
-    if args.explain is not None and args.explain < 0:
-        raise UserError(f"--explain must be a detection index >= 0, got {args.explain}")
-    detector = _load(args)
+    detector = _load(args, paths)
     names = detector.class_names
     # Keep-ratio presets only; an export resizes to its fixed input size, which any image fits.
     scale = getattr(detector, "input_scale", None)
@@ -280,20 +306,20 @@ def _uncertainty_record(detections, i, with_distribution):
     return entry
 
 
-def _load(args):
-    """A ``GFLV2Detector`` (``--preset``) or an ``ExportedDetector`` (``--model``: any export, the
-    SavedModel folder included); both ``detect``."""
+def _load(args, paths):
+    """A ``GFLV2Detector`` (``--preset``), the ``CompiledDetector`` of ``--runtime`` (its probe: the
+    first readable image of ``paths``) or an ``ExportedDetector`` (``--model``: any export, the
+    SavedModel folder included); all ``detect``."""
     if args.model:
         from gflv2_keras.export.runtimes import load_exported
 
-        if args.precision != "float32":
-            raise ValueError(f"--precision {args.precision} applies to --preset; an exported model keeps its own")
         return load_exported(args.model)
     from gflv2_keras import GFLV2Detector
 
-    return GFLV2Detector.from_preset(
-        args.preset, load_weights=not args.random_weights, dtype=PRECISIONS[args.precision]
+    detector = GFLV2Detector.from_preset(
+        args.preset, load_weights=not args.random_weights, dtype=PRECISIONS[tf_precision(args)]
     )
+    return compile_from_args(detector, args, probe=lambda: first_image(paths, lambda path: read_image(path).pixels))
 
 
 def _unique_stem(stem, used):

@@ -437,6 +437,20 @@ class GFLV2ObjectDetector(keras_hub.models.ObjectDetector):
         count = int(out.pop("num_detections")[0])
         return {k: v[0, :count] for k, v in out.items()}
 
+    def compile_for_inference(self, runtime="auto", precision="float32", **options):
+        """This detector's ``detect`` in another runtime / precision, or the fastest one (``runtime="auto"``).
+
+        ``runtime``: ``"auto"``, ``"tf"``, ``"onnxruntime"``, ``"openvino"``, ``"litert"``;
+        ``precision``: ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"int8"`` (with
+        ``calibration_data=PATH``). Exports are made once per model into a cache and ``auto``'s
+        measured choice is kept per machine; ``options`` and the returned ``CompiledDetector``
+        (``detect`` like this one, ``runtime``, ``precision``, ``reason``):
+        ``gflv2_keras.inference.runtime_choice.compile_for_inference``, ``docs/runtimes.md``.
+        """
+        from gflv2_keras.inference.runtime_choice import compile_for_inference
+
+        return compile_for_inference(self, runtime=runtime, precision=precision, **options)
+
     def export(self, filepath, format="tf_saved_model", verbose=True, input_signature=None, **kwargs):
         """Keras' ``Model.export`` of ``call`` (raw outputs) at ANY image size
         (``gflv2_keras.export.keras_export``: float32 ``[None, None, None, 3]`` by default).
