@@ -1,5 +1,7 @@
 """``gflv2 convert --checkpoint FILE.pth --preset NAME --output DIR``."""
 
+from gflv2_keras.utils.locks import hold_beside, releases_locks
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -19,8 +21,14 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
+@releases_locks  # the lock beside --output (utils.locks) is held until the command ends
 def run(args):
     from gflv2_keras.utils.cli import UserError
+    from gflv2_keras.utils.files import refuse_existing
+
+    refuse_existing(args.output, args.overwrite, "preset folder")  # before waiting on anything
+    # The folder appears by a rename (utils.files.publish_directory): one convert writes it at a time.
+    hold_beside(args.output, "--output")
     from gflv2_keras.convert.mapping import convert_checkpoint
 
     try:

@@ -11,8 +11,9 @@ Signatures
 ----------
 ``serving_default``
     input ``image_bytes``: ``tf.string [N]``, encoded JPEG / PNG / BMP / GIF (GIF: first
-    frame); images may differ in size. Each is decoded to RGB (``tf.io.decode_image``) and
-    run on its own (``tf.map_fn``).
+    frame); images may differ in size. Each is decoded to RGB (``tf.io.decode_image``), turned
+    to its displayed frame by a JPEG's EXIF orientation (``export.exif``: read in the graph, as
+    the library's reader does; boxes are pixels of that frame) and run on its own (``tf.map_fn``).
 ``image_tensor``
     input ``image_tensor``: ``tf.uint8 [N, H, W, 3]`` RGB, one size per batch (as
     ``detector.predict``).
@@ -58,7 +59,8 @@ output                              dtype    shape           meaning
 ==================================  =======  ==============  ======================================
 
 **Box order.** Boxes are ``xyxy = (x1, y1, x2, y2)`` in absolute pixels of the image as it
-was sent, the same as ``detector.predict`` / ``detect``. This differs from the TF Object
+was sent (for encoded images: its displayed frame, EXIF orientation of a JPEG applied), the same
+as ``detector.predict`` / ``detect``. This differs from the TF Object
 Detection API, whose ``detection_boxes`` are normalised ``(ymin, xmin, ymax, xmax)``; convert
 with ``boxes[..., [1, 0, 3, 2]] / [h, w, h, w]`` if a client expects that.
 
@@ -96,6 +98,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from gflv2_keras.export.archive import graph_op_types, reported_write_errors, write_saved_model
+from gflv2_keras.export.exif import decode_displayed
 from gflv2_keras.models import detection_graph
 from gflv2_keras.utils.files import publish_directory, refuse_existing
 
@@ -181,7 +184,7 @@ def _serving_functions(detector, box_distributions=False):
     }
 
     def detect_one(encoded):
-        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+        image = decode_displayed(encoded)
         detections = detect_batch(image[None])
         return {key: detections[key][0] for key in per_image_spec}
 

@@ -45,6 +45,35 @@ class PaddedConv2D(keras.layers.Conv2D):
         if norm is not None:
             norm.folded = True
 
+    def convolution_op(self, inputs, kernel):
+        """``Conv2D``'s convolution; on TensorFlow a strided 1x1 one (without a folded BatchNorm) is a
+        strided slice ``inputs[:, ::s, ::s, :]`` then a stride-1 convolution.
+
+        The same numbers (a 1x1 kernel with 'valid' padding reads exactly the pixels at multiples of
+        the stride, after this layer's own padding), without TensorFlow 2.21's oneDNN
+        ``Conv2DBackpropFilter`` for a strided 1x1 kernel, which corrupts the heap on some shapes
+        (the nano preset's ``layer2.0.downsample``, 8 -> 16 channels on an even 80 x 104 map, aborts
+        a training step with ``double free or corruption``). Other backends, other kernels and a
+        conv with a folded BatchNorm (inference only: no gradient) keep the strided convolution.
+        The variables are unchanged.
+        """
+        if self._slices_stride():
+            rows, cols = self.strides
+            inputs = inputs[:, ::rows, ::cols, :]
+            return ops.conv(inputs, kernel, strides=1, padding=self.padding, dilation_rate=self.dilation_rate,
+                            data_format=self.data_format)  # fmt: skip
+        return super().convolution_op(inputs, kernel)
+
+    def _slices_stride(self):
+        return (
+            keras.backend.backend() == "tensorflow"
+            and self._folded_norm is None
+            and tuple(self.kernel_size) == (1, 1)
+            and tuple(self.strides) != (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.data_format == "channels_last"
+        )
+
     def call(self, inputs):
         if self.pad:
             p = self.pad

@@ -471,8 +471,9 @@ class GFLV2ObjectDetector(keras_hub.models.ObjectDetector):
 
         ``overrides`` are constructor arguments (``bounding_box_format``, ``test_config``,
         ``dtype``, ...). ``class_names`` / ``num_classes`` that differ from the preset's start a
-        detector for new classes: every weight is loaded except the classification output
-        (``models.transfer``). See ``models.preset_io.load_detector``.
+        detector for those classes, as fine-tuning does: every weight is loaded, the classifier
+        rows matched by class name (reordered), new names at the official initialisation
+        (``models.transfer.with_class_names``). See ``models.preset_io.load_detector``.
         """
         from gflv2_keras.models.preset_io import load_detector
 

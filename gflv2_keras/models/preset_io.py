@@ -15,7 +15,8 @@ Two layouts are read, one is written:
   tree over the new model's layers, so the file loads tensor for tensor.
 
 Named presets (``gflv2_keras.presets``) are plain data; their weights live in the preset folder
-``preset_home() / name`` (either layout).
+``preset_home() / name`` (either layout). An ``hf://`` or ``kaggle://`` handle is downloaded into
+the hub's cache (``downloaded_folder``) and read like a local folder.
 """
 
 import json
@@ -74,9 +75,12 @@ def load_detector(cls, preset, load_weights=True, **overrides):
         preset: a name of ``gflv2_keras.presets.PRESETS``, a preset folder, or a keras-hub handle.
         load_weights: load the saved weights (else random initialisation of the same architecture).
         **overrides: constructor arguments. ``num_classes`` / ``class_names`` differing from the
-            preset's start a detector for new classes: every weight is loaded except the
-            classification output, which keeps its official initialisation
-            (``models.transfer``), and one line says so. ``input_scale`` replaces the
+            preset's start a detector for those classes, as fine-tuning does
+            (``models.transfer.with_class_names``): every weight is loaded; the classifier rows
+            of the names the preset also has are kept by name (reordered), those of new names
+            (all rows when only ``num_classes`` is given) keep the official initialisation, and
+            one line says so. The same names in another order reorder the rows; other names of
+            the same count are new classes, not a relabelling. ``input_scale`` replaces the
             preprocessor's keep-ratio target.
 
     Raises:
@@ -105,7 +109,9 @@ def _build_without_weights(cls, preset, arguments):
     if str(preset) in PRESETS:
         config = preset_info(str(preset))["config"]
     else:
-        folder = _local_folder(preset)
+        folder = downloaded_folder(preset) if is_remote(preset) else _local_folder(preset)
+        if folder is None:  # a handle keras-hub fetches itself
+            return _keras_hub_load(cls, preset, load_weights=False, **arguments)
         config = read_config(folder)
         if not is_legacy_config(config):
             return _keras_hub_load(cls, folder, load_weights=False, **arguments)
@@ -122,7 +128,9 @@ def _load_as_saved(cls, preset, overrides):
         if not (folder / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(missing_weights_message(str(preset), folder / WEIGHTS_FILE))
     elif is_remote(preset):
-        return _quiet_keras_hub_load(cls, str(preset), overrides)
+        folder = downloaded_folder(preset)
+        if folder is None:
+            return _quiet_keras_hub_load(cls, str(preset), overrides)
     else:
         folder = _local_folder(preset)
     config = read_config(folder)
@@ -135,6 +143,32 @@ def _load_as_saved(cls, preset, overrides):
     legacy = LegacyWeights(model)
     load_weights_checked(legacy, weights, folder / CONFIG_FILE, legacy.load_weights, legacy.save_weights)
     return model
+
+
+def downloaded_folder(preset):
+    """The local copy of an ``hf://`` or ``kaggle://`` preset, or None for the other handles.
+
+    Downloaded into the hub's cache by the client keras-hub itself uses, through its public call
+    that returns the local folder (``kagglehub.model_download``,
+    ``huggingface_hub.snapshot_download``; files already cached are not fetched again), so the
+    folder is loaded and checked like a local one (``load_weights_checked``). ``gs://`` and
+    ``modelscope://`` handles, or a hub client that is not installed, are left to keras-hub, which
+    gives no public path of the files it fetches (its own loading: a mismatch is Keras' message in
+    one line, without the check of extra variables).
+    """
+    handle = str(preset)
+    try:
+        if handle.startswith("kaggle://"):
+            import kagglehub
+
+            return Path(kagglehub.model_download(handle[len("kaggle://"):]))
+        if handle.startswith("hf://"):
+            import huggingface_hub
+
+            return Path(huggingface_hub.snapshot_download(repo_id=handle[len("hf://"):]))
+    except ImportError:  # keras-hub's own loading says which package to install
+        return None
+    return None
 
 
 def _local_folder(preset):
@@ -295,19 +329,32 @@ def _readable(path):
 
 
 def _with_classes(cls, model, preset, classes):
-    """``model`` (loaded as saved) for the classes of ``classes``; see ``load_detector``."""
-    from gflv2_keras.models.transfer import CLASSIFIER_OUTPUT, transfer_weights
+    """``model`` (loaded as saved) for the classes of ``classes``; see ``load_detector``.
+
+    Class names are matched by name, as fine-tuning does (``models.transfer.with_class_names``):
+    the classifier rows of the names both lists hold are kept (reordered), those of new names
+    start from the official initialisation, also when the count is unchanged (a renamed list
+    is new classes, not a relabelling of the saved ones). ``num_classes`` alone, differing,
+    re-initialises the whole classifier.
+    """
+    from gflv2_keras.models.transfer import CLASSIFIER_OUTPUT, transfer_weights, with_class_names
 
     num_classes = int(classes.get("num_classes", model.num_classes))
     names = classes.get("class_names")
+    if names is not None:
+        if len(names) != num_classes:
+            raise ValueError(f"class_names has {len(names)} names but num_classes is {num_classes}")
+        target, kept = with_class_names(model, names)
+        if target is not model:
+            new = [name for name in target.class_names if name not in kept]
+            print(f"[preset] {preset}: classes {model.class_names} -> {target.class_names} ({model.num_classes} -> "
+                  f"{num_classes}): every weight loaded; the {CLASSIFIER_OUTPUT} rows of {kept} matched by name"
+                  + (f", of {new} re-initialised" if new else ""))  # fmt: skip
+        return target
     if num_classes == model.num_classes:
-        if names is not None:
-            if len(names) != num_classes:
-                raise ValueError(f"class_names has {len(names)} names but num_classes is {num_classes}")
-            model.class_names = list(names)
         return model
     serialized = _plain(keras.saving.serialize_keras_object(model))
-    serialized["config"].update(num_classes=num_classes, class_names=list(names) if names is not None else None)
+    serialized["config"].update(num_classes=num_classes, class_names=None)
     target = keras.saving.deserialize_keras_object(serialized)
     copied, kept = transfer_weights(model, target)
     print(

@@ -1,9 +1,9 @@
 """One gflv2 run at a time per output folder: a lock file, taken over when its run is gone.
 
 A run that writes into a folder (``gflv2 train``'s work dir, ``gflv2 predict --output``, the
-folders of ``gflv2 evaluate``'s outputs) first creates ``FOLDER/.gflv2.lock``; an export, which
-appears whole by a rename (``utils.files.publish_directory``), locks ``PARENT/.NAME.lock`` beside
-its target. The file is created with ``O_CREAT | O_EXCL`` (exactly one creator wins) and holds
+folders of ``gflv2 evaluate``'s outputs) first creates ``FOLDER/.gflv2.lock``; an export or a
+``gflv2 convert`` preset folder, which appears whole by a rename (``utils.files.publish_directory``),
+locks ``PARENT/.NAME.lock`` beside its target. The file is created with ``O_CREAT | O_EXCL`` (exactly one creator wins) and holds
 the holder's process id, host, process start time, start date and command line (JSON). A second
 run refuses in one line naming the holder (``FolderInUseError``, an ``OSError``: the CLI prints
 ``gflv2 CMD: error: ...`` and exits with 2).

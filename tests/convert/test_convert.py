@@ -15,6 +15,8 @@ DGQP head); full-size official presets are ``@pytest.mark.slow``.
 import hashlib
 import json
 import os
+import socket
+import subprocess
 import sys
 
 import numpy as np
@@ -475,9 +477,16 @@ def test_cli_convert_never_replaces_an_existing_preset_without_overwrite(tmp_pat
     error = capsys.readouterr().err
     assert f"{output} already exists" in error and "--overwrite" in error and "Traceback" not in error
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
+    # The lock of a killed convert into the same folder (utils.locks) is taken over, with one line.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = {"pid": dead.pid, "host": socket.gethostname(), "command": "gflv2 convert (killed)", "token": "x"}
+    (tmp_path / ".trained_preset.lock").write_text(json.dumps(stale))
     assert cli_main(args + ["--overwrite"]) == 0
+    error = capsys.readouterr().err
+    assert "took over the lock of a run that no longer exists" in error and f"pid {dead.pid} " in error
     assert GFLV2Detector.from_preset(str(output)).count_params_official() > 0
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".trained_preset")]  # no staging left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".trained_preset")]  # no staging, no lock left
 
 
 # ----------------------------------------------------------------------------- the reference itself

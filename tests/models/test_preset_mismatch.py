@@ -132,3 +132,39 @@ def test_the_cli_says_it_in_one_line(presets, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("gflv2 predict: error: ")
     assert "the weights do not fit" in err[0]
     assert not (tmp_path / "out").exists()  # the folder the run created for its lock is gone again
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """``{handle: folder}`` served by kagglehub's and huggingface_hub's downloads (no network): the
+    calls of this package (whole folders) and those of keras-hub's own loading (one file each)."""
+    import huggingface_hub
+    import kagglehub
+
+    served = {}
+
+    def file(handle, path=None):
+        found = served[handle] / (path or "") if handle in served else None
+        if found is None or not found.exists():
+            raise ValueError(f"'{path}' is not present in the model files")
+        return str(found)
+
+    monkeypatch.setattr(kagglehub, "model_download", lambda handle, path=None, **kw: file(handle, path))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: file(repo_id))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **kw: file(repo_id, filename))
+    return served
+
+
+@pytest.mark.parametrize("handle", ["kaggle://someone/gflv2/keras/nano", "hf://someone/gflv2-nano"])
+def test_a_hub_handle_is_checked_like_a_folder(presets, tmp_path, hub, handle):
+    name = handle.split("://", 1)[1]
+    hub[name] = _config_of(presets["larger_dir"], presets["nano_dir"], tmp_path / "served")
+    message = _refusal(handle)  # extra variables: Keras alone would not name them
+    assert "extra in it" in message and "first: the file's " in message and "has no place in the model" in message
+    assert str(hub[name]) in message  # the downloaded file, in the hub's cache
+
+    hub[name] = presets["nano_dir"]
+    loaded = GFLV2Detector.from_preset(handle)
+    for got, want in zip(loaded.weights, presets["nano"].weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want))
+    assert GFLV2Detector.from_preset(handle, load_weights=False).num_classes == presets["nano"].num_classes

@@ -1,5 +1,5 @@
-"""``gflv2 predict`` / ``evaluate`` / ``export`` refuse an output another run is writing, in one line,
-before loading anything; the holder's lock is left alone."""
+"""``gflv2 predict`` / ``evaluate`` / ``export`` / ``convert`` refuse an output another run is writing, in
+one line, before loading anything; the holder's lock is left alone."""
 
 import json
 import subprocess
@@ -74,3 +74,15 @@ def test_export(tmp_path, hold, capsys):
     line = _refused(["export", "--format", "onnx", "--preset", "gflv2_test_r18_nano", "--random-weights",
                      "--output", str(target)], capsys, pid)  # fmt: skip
     assert line.startswith("gflv2 export: error: ") and not target.exists()
+
+
+def test_convert(tmp_path, hold, capsys):
+    checkpoint = tmp_path / "official.pth"
+    checkpoint.write_bytes(b"never read: the lock is checked first")
+    target = tmp_path / "presets" / "converted"
+    pid = hold("beside", target)
+    line = _refused(["convert", "--checkpoint", str(checkpoint), "--preset", "gflv2_test_r18_nano",
+                     "--output", str(target), "--overwrite"], capsys, pid)  # fmt: skip
+    assert line.startswith("gflv2 convert: error: ") and "--output" in line
+    assert not target.exists()
+    assert json.loads((target.parent / ".converted.lock").read_text())["pid"] == pid
