@@ -139,8 +139,14 @@ def orient_image(image, orientation):
 def decode_displayed(encoded):
     """Encoded JPEG / PNG / BMP / GIF bytes → uint8 RGB ``[H, W, 3]`` in the displayed frame.
 
+    JPEG with the accurate integer DCT (the library reader's pixels exactly), other formats with
     ``tf.io.decode_image`` (GIF: first frame; an undecodable image is an ``InvalidArgumentError``
     of the graph), then the JPEG's EXIF orientation (``jpeg_orientation``, ``orient_image``).
     """
-    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        # The accurate integer DCT: the pixels of Pillow's decode, the library's reader (data/image_io.py).
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False),
+    )
     return orient_image(image, jpeg_orientation(encoded))

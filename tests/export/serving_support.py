@@ -114,6 +114,9 @@ def pattern(height, width, seed):
 
 
 def decode(data):
+    """The stored frame of encoded bytes: JPEG by Pillow (the library's reader), the rest by TensorFlow."""
+    if data[:2] == b"\xff\xd8":
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
 
 
