@@ -119,33 +119,11 @@ def measure(args):
 
 
 def reproduced(reference, found, min_score):
-    """Share of ``reference`` COCO results with ``score >= min_score`` that ``found`` has: same image,
-    same category, IoU >= ``MATCH_IOU``; one to one, greedily by descending reference score."""
-    by_image = {}
-    for det in found:
-        by_image.setdefault((det["image_id"], det["category_id"]), []).append(det)
-    wanted = sorted((d for d in reference if d["score"] >= min_score), key=lambda d: -d["score"])
-    used, hits = set(), 0
-    for det in wanted:
-        candidates = by_image.get((det["image_id"], det["category_id"]), [])
-        best, best_iou = None, MATCH_IOU
-        for candidate in candidates:
-            if id(candidate) in used:
-                continue
-            overlap = iou_xywh(det["bbox"], candidate["bbox"])
-            if overlap >= best_iou:
-                best, best_iou = candidate, overlap
-        if best is not None:
-            used.add(id(best))
-            hits += 1
-    return hits / max(len(wanted), 1)
+    """Share of ``reference``'s COCO results with ``score >= min_score`` that ``found`` has (``count_reproduced``)."""
+    from gflv2_keras.evaluation.matching import count_reproduced
 
-
-def iou_xywh(a, b):
-    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    inter = max(0.0, min(ax2, bx2) - max(a[0], b[0])) * max(0.0, min(ay2, by2) - max(a[1], b[1]))
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+    hits, total = count_reproduced(reference, found, min_score=min_score, iou_threshold=MATCH_IOU)
+    return hits / max(total, 1)
 
 
 if __name__ == "__main__":

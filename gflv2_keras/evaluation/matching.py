@@ -20,6 +20,10 @@ detection found; ``[K, K]`` is always 0). An image's errors are its false positi
 Boxes are xyxy pixels of the original image (COCO ``[x, y, w, h]`` results are converted);
 IoU is COCO's (``w = x2 - x1``, no "+1"). Classes are indexed in sorted category-id order, the
 order of COCOeval's ``K`` axis.
+
+``count_reproduced`` uses the same matching to compare two sets of detections instead of
+detections and ground truth: how many of one model's detections (a float32 reference) another
+run (a runtime, a precision, an export) returns again.
 """
 
 from dataclasses import dataclass, field
@@ -227,6 +231,38 @@ def analyse_errors(coco_gt, detections, image_ids=None, iou_threshold=0.5, score
         images[image_id] = match
     names = [coco_gt.cats[c].get("name", str(c)) for c in category_ids]
     return ErrorAnalysis(matrix, names, category_ids, float(iou_threshold), float(score_threshold), images)
+
+
+def count_reproduced(reference, found, min_score=0.0, iou_threshold=0.95):
+    """How many of the ``reference`` detections ``found`` returns again: ``(reproduced, total)``.
+
+    Both are lists of COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h]
+    pixels, "score"}`` (what ``coco_evaluator.evaluate(..., output_json=...)`` writes), e.g. one
+    model's detections from two runtimes or precisions.
+
+    ``total``: the reference detections with ``score >= min_score``. One of them is reproduced when
+    ``found`` has a detection on the same image, of the same category, with IoU >= ``iou_threshold``
+    (whatever its score). One to one, greedily by descending reference score, each reference
+    detection taking the free ``found`` detection of highest IoU: ``match_image`` with the
+    reference in the detections' role and ``found`` in the ground truth's (its true positives).
+    """
+    candidates = {}
+    for det in found:
+        candidates.setdefault(det["image_id"], []).append(det)
+    wanted = {}
+    for det in reference:
+        wanted.setdefault(det["image_id"], []).append(det)
+    reproduced = total = 0
+    for image_id, dets in wanted.items():
+        others = candidates.get(image_id, [])
+        match = match_image(
+            _xyxy([d["bbox"] for d in others]), [d["category_id"] for d in others],
+            _xyxy([d["bbox"] for d in dets]), [d["category_id"] for d in dets], [d["score"] for d in dets],
+            iou_threshold=iou_threshold, score_threshold=min_score, image_id=image_id,
+        )
+        reproduced += match.true_positives
+        total += int(np.sum(match.det_status != BELOW_THRESHOLD))
+    return reproduced, total
 
 
 def _count(match, matrix, background):

@@ -1,4 +1,5 @@
-"""Confusion matrix and per-image errors: counts of a hand-made case, greedy matching by score."""
+"""Confusion matrix and per-image errors: counts of a hand-made case, greedy matching by score; detections
+of one run reproduced by another (``count_reproduced``)."""
 
 import contextlib
 import io
@@ -8,7 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from gflv2_keras.evaluation.coco_evaluator import evaluate_detections
-from gflv2_keras.evaluation.matching import analyse_errors, box_iou, match_image
+from gflv2_keras.evaluation.matching import analyse_errors, box_iou, count_reproduced, match_image
 
 A, B, C = 1, 2, 3  # category ids (class indices 0, 1, 2)
 
@@ -118,3 +119,39 @@ def test_no_detection_misses_everything():
 def test_score_threshold_edges_are_inclusive(score):
     match = match_image([[0, 0, 10, 10]], [0], [[0, 0, 10, 10]], [0], [score], score_threshold=score)
     assert list(match.det_status) == ["tp"]
+
+
+REFERENCE = [  # (image, category, xyxy, score): what a float32 run returned
+    (1, A, (0, 0, 10, 10), 0.9),      # found again (its score there does not matter)
+    (1, A, (0, 0, 10, 10.2), 0.8),    # a near-duplicate: the one found box went to the 0.9 detection
+    (1, B, (20, 20, 30, 30), 0.7),    # found with another class: not reproduced
+    (1, B, (40, 40, 50, 50), 0.6),    # found with IoU 100 / 104 = 0.962: reproduced
+    (1, B, (60, 60, 70, 70), 0.5),    # found with IoU 100 / 106 = 0.943: not reproduced
+    (2, A, (0, 0, 10, 10), 0.4),      # the same box exists on image 3 only
+    (2, C, (5, 5, 25, 25), 0.2),      # reproduced, below 0.3
+]
+FOUND = [
+    (1, A, (0, 0, 10, 10), 0.2),
+    (1, C, (20, 20, 30, 30), 0.7),
+    (1, B, (40, 40, 50, 50.4), 0.6),
+    (1, B, (60, 60, 70, 70.6), 0.5),
+    (3, A, (0, 0, 10, 10), 0.4),
+    (2, C, (5, 5, 25, 25), 0.9),
+]
+
+
+def _as_results(rows):
+    return [{"image_id": i, "category_id": c, "bbox": _xywh(*box), "score": s} for i, c, box, s in rows]
+
+
+@pytest.mark.parametrize("min_score, expected", [(0.0, (3, 7)), (0.3, (2, 6)), (0.9, (1, 1)), (0.95, (0, 0))])
+def test_count_reproduced_hand_made(min_score, expected):
+    assert count_reproduced(_as_results(REFERENCE), _as_results(FOUND), min_score=min_score) == expected
+
+
+def test_count_reproduced_threshold_and_edges():
+    reference, found = _as_results(REFERENCE), _as_results(FOUND)
+    assert count_reproduced(reference, found, iou_threshold=0.94) == (4, 7)  # the 0.943 box now counts
+    assert count_reproduced(reference, reference) == (7, 7)
+    assert count_reproduced(reference, []) == (0, 7)
+    assert count_reproduced([], found) == (0, 0)
