@@ -131,7 +131,7 @@ def test_fixed_canvas_keeps_the_aspect_ratio(fmt, exports, probe, tmp_path):
                                                                               references[1]["boxes"], atol=0.5)
 
 
-# OpenVINO's dynamic export is the ONNX graph converted: slow run (runtime_choice tests also run it).
+# OpenVINO's dynamic export is the ONNX graph converted: slow run (as test_runtime_choice's OpenVINO case).
 @pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_extra("onnx")),
                                  pytest.param("openvino", marks=[needs_extra("openvino"), pytest.mark.slow])])
 def test_dynamic_size_export_is_predict(fmt, exports, scoring_nano):
