@@ -36,7 +36,6 @@ runtime package versions); a later call reuses it and says so (``remeasure=True`
 """
 
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -366,19 +365,19 @@ def _measure(builder, names, probe_image, repeats, facts, decision_path):
     if not runners:
         raise ValueError(f"auto {precision}: no runtime could run ("
                          + "; ".join(f"{r['runtime']}: {r['note']}" for r in rows) + ")")  # fmt: skip
-    times = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, compiled in runners.items():  # interleaved: load from other processes hits every runtime alike
-            start = time.perf_counter()
-            compiled.detect(probe, bounding_box_format="xyxy")
-            times[name].append(time.perf_counter() - start)
+    from gflv2_keras.benchmarks.inference_benchmark import time_interleaved
+
+    # Interleaved rounds (load from other processes hits every runtime alike); warmed up by the agreement call.
+    variants = {name: (lambda c=compiled: c.detect(probe, bounding_box_format="xyxy"), 1)
+                for name, compiled in runners.items()}  # fmt: skip
+    medians = time_interleaved(variants, warmup=0, repeats=repeats, log=lambda line: None)
     for row in rows:
-        if row["runtime"] in times:
-            row["median_ms"] = statistics.median(times[row["runtime"]]) * 1e3
+        if row["runtime"] in medians:
+            row["median_ms"] = medians[row["runtime"]] * 1e3
         if row["median_ms"] is not None or row["agreement"] is not None:
             speed = f"{row['median_ms']:8.1f} ms" if row["median_ms"] is not None else "       -   "
             log(f"[runtime]   {row['runtime']:<11} {speed}  {row['note']}")
-    chosen = min(runners, key=lambda name: statistics.median(times[name]))
+    chosen = min(medians, key=medians.get)
     decision = {
         "runtime": chosen,
         "precision": precision,
@@ -392,16 +391,16 @@ def _measure(builder, names, probe_image, repeats, facts, decision_path):
     }  # fmt: skip
     decision_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(decision_path, lambda f: f.write(json.dumps(decision, indent=1).encode()))
-    log(f"[runtime] auto {precision}: chose {chosen} ({times_line(times, chosen)}); cached in {decision_path}")
+    log(f"[runtime] auto {precision}: chose {chosen} ({times_line(medians, chosen)}); cached in {decision_path}")
     compiled = runners[chosen]
     compiled.reason = f"auto: measured fastest ({decision_path})"
     compiled.measurements = rows
     return compiled
 
 
-def times_line(times, chosen):
-    """``"12.3 ms, 1.40x faster than tf"``: the chosen runtime's median against the slowest other one."""
-    medians = {name: statistics.median(values) for name, values in times.items()}
+def times_line(medians, chosen):
+    """``"12.3 ms, 1.40x faster than tf"``: the chosen runtime's median (``medians``: seconds per runtime)
+    against the slowest other one."""
     others = {name: value for name, value in medians.items() if name != chosen}
     line = f"{medians[chosen] * 1e3:.1f} ms"
     if others:
