@@ -7,28 +7,19 @@ import pytest
 from gflv2_keras.data.class_map import (
     label_map,
     match_detector_classes,
-    reorder_classes,
     training_class_names,
 )
-from gflv2_keras.data.coco import load_coco
 from gflv2_keras.data.formats import load_detection_dataset
-from gflv2_keras.data.layouts import write_voc, write_yolo
-from gflv2_keras.data.synthetic import make_synthetic_coco
 
-# The file's categories: ids 30, 4, 12 -> COCO order (ids ascending) star, cross, triangle.
-CLASSES, SPARSE_IDS = ["triangle", "star", "cross"], [30, 4, 12]
+from three_layouts import write_three_layouts
+
 
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
     """One small split as COCO (sparse ids), VOC (sorted names) and YOLO (names written in a third order)."""
-    root = tmp_path_factory.mktemp("class_map")
-    coco = make_synthetic_coco(str(root / "coco"), num_train=1, num_val=4, seed=5, image_size=(64, 80),
-                               object_size=(12, 30), max_objects=4, classes=CLASSES, category_ids=SPARSE_IDS)
-    dataset = load_coco(coco["val_annotations"], coco["val_images"], for_training=False, verbose=False)
-    write_voc(dataset, str(root / "voc"), split="val")
-    yolo = write_yolo(reorder_classes(dataset, ["triangle", "star", "cross"]), str(root / "yolo"), split="val")
-    return {"coco": coco["val_annotations"], "images": coco["val_images"], "voc": str(root / "voc"), "yolo": yolo}
+    return write_three_layouts(tmp_path_factory.mktemp("class_map"), num_val=4, seed=5, image_size=(64, 80),
+                               object_size=(12, 30))
 
 
 def _load(split, kind, class_names=None):

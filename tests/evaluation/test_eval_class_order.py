@@ -10,17 +10,13 @@ import numpy as np
 import pytest
 
 from gflv2_keras import cli
-from gflv2_keras.data.class_map import reorder_classes
-from gflv2_keras.data.coco import load_coco
 from gflv2_keras.data.formats import load_detection_dataset
 from gflv2_keras.data.image_io import read_record_image
-from gflv2_keras.data.layouts import write_voc, write_yolo
-from gflv2_keras.data.synthetic import make_synthetic_coco
 from gflv2_keras.evaluation import cli as evaluate_cli
 from gflv2_keras.evaluation.coco_evaluator import evaluate, evaluation_category_ids
 
-CLASSES, SPARSE_IDS = ["triangle", "star", "cross"], [30, 4, 12]  # COCO order: star (4), cross (12), triangle (30)
-YOLO_ORDER = ["triangle", "star", "cross"]
+from three_layouts import CLASSES, write_three_layouts
+
 DETECTOR_ORDER = ["cross", "ellipse", "triangle", "star"]  # a fourth order, and a class the data lacks
 LAYOUTS = ("coco", "voc", "yolo")
 
@@ -28,16 +24,12 @@ LAYOUTS = ("coco", "voc", "yolo")
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
     """Five 100x100 images (YOLO's 6 decimals then hold every box exactly) in the three layouts."""
-    root = tmp_path_factory.mktemp("class_order")
-    coco = make_synthetic_coco(str(root / "coco"), num_train=1, num_val=5, seed=12, image_size=(100, 100),
-                               object_size=(14, 40), max_objects=4, classes=CLASSES, category_ids=SPARSE_IDS)
-    dataset = load_coco(coco["val_annotations"], coco["val_images"], for_training=False, verbose=False)
-    write_voc(dataset, str(root / "voc"), split="val")
-    write_yolo(reorder_classes(dataset, YOLO_ORDER), str(root / "yolo"), split="val")
-    return {"coco": ["--data", coco["val_annotations"], "--images", coco["val_images"]],
-            "voc": ["--data", str(root / "voc"), "--split", "val"],
-            "yolo": ["--data", str(root / "yolo" / "data.yaml"), "--split", "val"],
-            "coco_file": coco["val_annotations"], "images": coco["val_images"]}
+    paths = write_three_layouts(tmp_path_factory.mktemp("class_order"), num_val=5, seed=12, image_size=(100, 100),
+                                object_size=(14, 40))
+    return {"coco": ["--data", paths["coco"], "--images", paths["images"]],
+            "voc": ["--data", paths["voc"], "--split", "val"],
+            "yolo": ["--data", paths["yolo"], "--split", "val"],
+            "coco_file": paths["coco"], "images": paths["images"]}
 
 
 def _load(split, kind):
