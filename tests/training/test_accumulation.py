@@ -52,8 +52,8 @@ def _mean_micro_gradients(model, x, y, steps):
 
 @pytest.mark.parametrize("steps", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_one_accumulated_update_is_coupled_sgd_on_the_mean_micro_gradient(nano_factory, rng, steps):
-    # Micro-batches of 4 or 2 images. (Odd batch sizes are avoided: TensorFlow's CPU conv
-    # backprop segfaults on this nano model for batches of 1 or 3 images, on main too.)
+    # Micro-batches of 4 or 2 images. (Odd batch sizes once crashed TensorFlow 2.21's oneDNN
+    # strided 1x1 conv backprop; layers/padded_conv.py now avoids that kernel.)
     x, y = _batch(rng, images=8)
     model = nano_factory(seed=5)
     start = [np.asarray(v, np.float64) for v in model.trainable_variables]
